@@ -1,0 +1,1 @@
+"""Masked (absorbing) diffusion maths: schedules, forward corruption, reverse steps."""

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity bounds and exact AR perplexity."""

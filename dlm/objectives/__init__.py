@@ -1,0 +1,1 @@
+"""Training objectives: plain torch callables (model, batch) -> LossOutput."""

@@ -1,0 +1,46 @@
+"""Autoregressive next-token loss: the baseline trained in the same framework as diffusion."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dlm.errors import ConfigError
+from dlm.types import Denoiser, LossOutput
+
+
+def next_token_nll(logits: Tensor, x0: Tensor, mask_id: int) -> Tensor:
+    """-log p(x_{i+1} | x_{<=i}) for i = 0..L-2; logits (B, L, V), x0 (B, L) -> (B, L-1) float32.
+
+    The mask column is removed before normalising: an AR model never emits the mask token, and
+    leaving it in would make the likelihood depend on an untrained logit.
+    """
+    logits = logits[:, :-1].float()
+    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    return F.cross_entropy(logits.transpose(1, 2), x0[:, 1:], reduction="none")
+
+
+class AutoregressiveLoss:
+    """Objective(model, batch) -> LossOutput: mean next-token NLL over real target tokens.
+
+    Targets are positions 1..L-1 (position 0 is given), the same set the diffusion loss scores
+    with ``keep_first_token=true``, so the two perplexities are comparable token for token.
+    """
+
+    def __call__(
+        self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> LossOutput:
+        if getattr(model, "attention", "causal") != "causal":
+            raise ConfigError(
+                f"the autoregressive objective needs model.attention=causal, got {model.attention!r}"
+            )
+        x0 = batch["input_ids"]
+        attention_mask = batch.get("attention_mask")
+        logits = model(x0, None, attention_mask=attention_mask)
+        nll = next_token_nll(logits, x0, model.mask_id)
+        targets = torch.ones_like(nll, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
+        nll = nll * targets
+        num_tokens = targets.sum()
+        nll_sum = nll.sum()
+        return LossOutput(loss=nll_sum / num_tokens.clamp(min=1), nll_sum=nll_sum.detach(), num_tokens=num_tokens)

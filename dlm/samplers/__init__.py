@@ -1,0 +1,1 @@
+"""Samplers: each owns its loop and returns SampleOutput."""

@@ -1,0 +1,1 @@
+"""Lightning glue: the only layer that imports lightning, hydra or omegaconf."""
