@@ -28,6 +28,8 @@ class AutoregressiveLoss:
     with ``keep_first_token=true``, so the two perplexities are comparable token for token.
     """
 
+    model_kind = "ar"
+
     def __call__(
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> LossOutput:

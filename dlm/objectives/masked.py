@@ -62,6 +62,9 @@ class MaskedDiffusionLoss:
         keep_first_token: never mask position 0 and leave it out of the loss.
     """
 
+    model_kind = "diffusion"  # what it trains: read by the runner and the exported model.json
+
+
     def __init__(
         self,
         *,

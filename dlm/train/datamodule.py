@@ -1,0 +1,110 @@
+"""TextDataModule: tokenised, packed, on-disk-cached text for training and validation.
+
+The training order is one deterministic stream (seeded permutations of the blocks, epoch after
+epoch), sharded over ranks. Position in the stream is derived from ``trainer.global_step``, so a
+resumed run continues with exactly the batch it would have seen next, with any number of
+re-created iterators and without a stateful dataloader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from dlm.data.blocks import corpus_blocks
+
+
+class StreamSampler(Sampler[int]):
+    """Indices of an endless stream of seeded permutations; rank r takes every world_size-th one.
+
+    ``consumed()`` is how many indices this rank has already used; ``num_samples`` is the
+    number this rank will use over the whole run (the run is one Lightning epoch).
+    """
+
+    def __init__(self, n: int, *, num_samples: int, seed: int, rank: int, world_size: int,
+                 consumed: Callable[[], int] = lambda: 0) -> None:
+        if n == 0:
+            raise ValueError("the training split has no blocks: use a longer corpus or a smaller data.block_size")
+        self.n, self.num_samples, self.seed = n, num_samples, seed
+        self.rank, self.world_size, self.consumed = rank, world_size, consumed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.consumed()
+        pos = start * self.world_size + self.rank  # position in the global stream
+        epoch, perm = -1, None
+        for _ in range(start, self.num_samples):
+            e, i = divmod(pos, self.n)
+            if e != epoch:
+                epoch = e
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + e))
+            yield int(perm[i])
+            pos += self.world_size
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(self, *, tokenizer, source: str, block_size: int, mode: str = "wrap",
+                 text_field: str | None = None, streaming: bool = False, detokenizer: str | None = None,
+                 train_split: str = "train", eval_split: str = "validation", cache_dir: str = ".cache/dlm",
+                 batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
+                 max_train_tokens: int | None = None, max_eval_tokens: int | None = None, seed: int = 0,
+                 **_ignored) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.source, self.block_size, self.mode = source, block_size, mode
+        self.text_field, self.streaming = text_field, streaming
+        self.detokenizer = detokenizer
+        self.splits = {"train": train_split, "eval": eval_split}
+        self.cache_dir = Path(cache_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_tokens = {"train": max_train_tokens, "eval": max_eval_tokens}
+        self.seed = seed
+        self.datasets: dict = {}
+
+    def blocks(self, which: str):
+        return corpus_blocks(
+            source=self.source, split=self.splits[which], tokenizer=self.tokenizer, block_size=self.block_size,
+            mode=self.mode, text_field=self.text_field, streaming=self.streaming, detokenizer=self.detokenizer,
+            cache_dir=self.cache_dir, max_tokens=self.max_tokens[which],
+        )
+
+    def prepare_data(self):
+        # rank 0 tokenises and writes the cache; the other ranks memory-map it in setup()
+        for which in ("train", "eval"):
+            self.blocks(which)
+
+    def setup(self, stage: str | None = None):
+        for which in ("train", "eval"):
+            if which not in self.datasets:
+                self.datasets[which] = self.blocks(which)
+
+    def _consumed(self) -> int:
+        t = self.trainer
+        return t.global_step * t.accumulate_grad_batches * self.batch_size
+
+    def train_dataloader(self):
+        t = self.trainer
+        if t.max_steps is None or t.max_steps <= 0:
+            raise ValueError("trainer.max_steps must be set (> 0): training runs are counted in steps")
+        sampler = StreamSampler(
+            len(self.datasets["train"]), num_samples=t.max_steps * t.accumulate_grad_batches * self.batch_size,
+            seed=self.seed, rank=t.global_rank, world_size=t.world_size, consumed=self._consumed,
+        )
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=True, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        ds = self.datasets["eval"]
+        t = self.trainer
+        # each rank scores a disjoint contiguous shard; the module all-gathers sums
+        idx = list(range(t.global_rank, len(ds), t.world_size))
+        return DataLoader(torch.utils.data.Subset(ds, idx), batch_size=self.eval_batch_size,
+                          num_workers=self.num_workers)

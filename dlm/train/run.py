@@ -1,0 +1,122 @@
+"""run(cfg): build every component from the Hydra config, check them together, train, export.
+
+Derived values live here (no custom resolvers): gradient accumulation from the global batch
+size and the device count, the resume checkpoint, the run directory layout:
+    <run_dir>/config.yaml  checkpoints/{last,best}.ckpt  logs/  model/ (exported, EMA weights)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dlm.errors import ConfigError
+from dlm.train.callbacks import ExportModelDir, TokenThroughput
+from dlm.train.datamodule import TextDataModule
+from dlm.train.module import DlmModule
+
+
+def check_compatible(model, objective, *, block_size: int) -> None:
+    """Cross-component checks on plain attributes, before any compute is spent."""
+    kind = getattr(objective, "model_kind", "diffusion")
+    want = "causal" if kind == "ar" else "bidirectional"
+    if getattr(model, "attention", want) != want:
+        raise ConfigError(f"objective {type(objective).__name__} trains a {kind} model and needs "
+                          f"model.attention={want}, got model.attention={model.attention}")
+    max_len = getattr(model, "max_seq_len", None)
+    if max_len is not None and block_size > max_len:
+        raise ConfigError(f"data.block_size={block_size} exceeds model.max_seq_len={max_len}; lower "
+                          "data.block_size or raise model.max_seq_len (or extend RoPE with model.rope_scaling)")
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    devices = trainer_cfg.get("devices", 1)
+    if devices in (-1, "auto", "-1"):
+        accel = trainer_cfg.get("accelerator", "auto")
+        devices = torch.cuda.device_count() if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
+    elif isinstance(devices, list | tuple) or hasattr(devices, "__len__") and not isinstance(devices, str):
+        devices = len(devices)
+    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def accumulation(global_batch_size: int | None, batch_size: int, world: int) -> int:
+    """Gradient accumulation so that batch_size * world * accumulation == global_batch_size."""
+    if global_batch_size is None:
+        return 1
+    per_step = batch_size * world
+    if global_batch_size % per_step:
+        raise ConfigError(f"global_batch_size={global_batch_size} is not a multiple of batch_size={batch_size} x "
+                          f"{world} devices; change global_batch_size or batch_size")
+    return global_batch_size // per_step
+
+
+def resolve_ckpt(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
+    """``last`` resumes from <run_dir>/checkpoints/last.ckpt when it exists (SLURM requeue)."""
+    if ckpt_path in (None, "null"):
+        if (ckpt_dir / "last.ckpt").exists():
+            raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass ckpt_path=last to resume, "
+                              "or name=<new name> (or run_dir=...) to start a new run")
+        return None
+    if ckpt_path == "last":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist")
+    return str(ckpt_path)
+
+
+def run(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    resume = resolve_ckpt(cfg.get("ckpt_path"), ckpt_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    tokenizer = instantiate(cfg.tokenizer)
+    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
+    objective = instantiate(cfg.objective)
+    check_compatible(model, objective, block_size=cfg.data.block_size)
+
+    world = world_size(cfg.trainer)
+    accumulate = accumulation(cfg.get("global_batch_size"), cfg.batch_size, world)
+    data_kwargs = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = TextDataModule(tokenizer=tokenizer, batch_size=cfg.batch_size,
+                                eval_batch_size=cfg.get("eval_batch_size"), seed=cfg.seed, **data_kwargs)
+    module = DlmModule(model=model, objective=objective, max_steps=cfg.trainer.max_steps,
+                       ema_decay=cfg.ema_decay, compile=cfg.compile, **cfg.optim)
+
+    model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),
+                  "vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id}
+    schedule_spec = OmegaConf.to_container(cfg.objective.schedule, resolve=True) if "schedule" in cfg.objective else None
+    kind = getattr(objective, "model_kind", "diffusion")
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    export = ExportModelDir(
+        path=run_dir / "model", model_spec=model_spec, tokenizer=tokenizer, kind=kind, schedule_spec=schedule_spec,
+        extra={"keep_first_token": bool(getattr(objective, "keep_first_token", False)),
+               "block_size": int(cfg.data.block_size), "data": data_kwargs},
+        config_yaml=config_yaml,
+    )
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks += [TokenThroughput(), export]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
+                          default_root_dir=str(run_dir), use_distributed_sampler=False)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    summary = {
+        "run_dir": str(run_dir),
+        "model_dir": str(run_dir / "model"),
+        "checkpoint": str(ckpt_dir / "last.ckpt"),
+        "step": trainer.global_step,
+        "kind": kind,
+        **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))},
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
