@@ -46,7 +46,7 @@ def data_settings(data: str, conf_dir: Path = Path(CONF_DIR)) -> dict:
                       "local .txt/.jsonl file")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="eval_ppl", version_base="1.3")
+@hydra.main(config_path=CONF_DIR + "/eval", config_name="eval_ppl", version_base="1.3")
 def eval_ppl(cfg: DictConfig) -> None:
     """dlm-eval-ppl model=<model dir> data=<conf/data name or local .txt/.jsonl>"""
     from dlm.eval.model_dir import eval_ppl_model_dir

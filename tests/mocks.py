@@ -80,3 +80,20 @@ class BigramAR(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | None = None, **_) -> Tensor:
         return self.table[x]
+
+
+class NaNAfter:
+    """Objective wrapper whose loss turns NaN from call ``n`` on (tests the NaN guard)."""
+
+    model_kind = "diffusion"
+
+    def __init__(self, objective, n: int) -> None:
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def __call__(self, model, batch, generator=None):
+        out = self.objective(model, batch, generator)
+        if generator is None:  # training calls only; validation passes its own generator
+            self.calls += 1
+            if self.calls >= self.n:
+                out.loss = out.loss * float("nan")
+        return out

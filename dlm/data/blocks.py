@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlm.data.corpus import load_documents
+from dlm.data.corpus import corpus_key, load_documents
 from dlm.data.detokenizers import get_detokenizer
 from dlm.data.token_cache import build_or_load_blocks
 
@@ -25,6 +25,6 @@ def corpus_blocks(*, source: str, split: str, tokenizer, block_size: int, mode: 
 
     return build_or_load_blocks(
         documents_fn=documents, tokenizer=tokenizer, block_size=block_size, mode=mode, cache_dir=cache_dir,
-        key_parts={"source": str(source), "split": split, "text_field": text_field, "detokenizer": detokenizer},
+        key_parts={**corpus_key(str(source), split, text_field=text_field), "detokenizer": detokenizer},
         max_tokens=max_tokens,
     )

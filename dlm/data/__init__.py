@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora, packing, detokenizers and on-disk token caches."""

@@ -1,0 +1,1 @@
+"""Tokenizer implementations: characters, DNA/protein letters, HF byte-level BPE (hub, files, trained)."""
