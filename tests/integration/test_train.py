@@ -46,12 +46,12 @@ def test_resume_continues_at_same_step_with_same_next_batch_loss(tmp_path):
     common = ["debug=tiny", "trainer.max_steps=6", "trainer.val_check_interval=3",
               "+callbacks.periodic._target_=lightning.pytorch.callbacks.ModelCheckpoint",
               f"+callbacks.periodic.dirpath={tmp_path}/periodic", "+callbacks.periodic.every_n_train_steps=3",
-              "+callbacks.periodic.save_top_k=-1", "+callbacks.periodic.filename=step{step}"]
+              "+callbacks.periodic.save_top_k=-1", "+callbacks.periodic.filename='{step}'"]
     run(compose_config("train", [*common, f"run_dir={tmp_path}/a"]))
     full = metrics(tmp_path / "a")
-    ckpt = tmp_path / "periodic" / "step3.ckpt"
+    ckpt = tmp_path / "periodic" / "step=3.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "periodic").iterdir())
-    run(compose_config("train", [*common[:3], f"run_dir={tmp_path}/b", f"ckpt_path={ckpt}"]))
+    run(compose_config("train", [*common[:3], f"run_dir={tmp_path}/b", f"ckpt_path='{ckpt}'"]))
     resumed = metrics(tmp_path / "b")
     assert min(resumed) == 3
     for step in (3, 4, 5):
