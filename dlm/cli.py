@@ -55,7 +55,7 @@ def eval_ppl(cfg: DictConfig) -> None:
     _print_json(eval_ppl_model_dir(
         cfg.model, dataset=d["dataset"], source=d["source"], split=cfg.split or d.get("eval_split", "test"),
         block_size=cfg.block_size, mode=cfg.mode or d.get("mode", "wrap"), text_field=d.get("text_field"),
-        streaming=bool(d.get("streaming", False)), detokenizer=d.get("detokenizer"), batch_size=cfg.batch_size,
+        streaming=bool(d.get("streaming", False)), detokenizer=cfg.detokenizer or d.get("detokenizer"), batch_size=cfg.batch_size,
         num_samples=cfg.num_samples, method=cfg.method, max_tokens=cfg.max_tokens, seed=cfg.seed,
         device=cfg.device, cache_dir=cfg.cache_dir, out=cfg.out,
     ))

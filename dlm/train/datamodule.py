@@ -49,15 +49,16 @@ class StreamSampler(Sampler[int]):
 
 
 class TextDataModule(L.LightningDataModule):
-    def __init__(self, *, tokenizer, source: str, block_size: int, mode: str = "wrap",
+    def __init__(self, *, tokenizer, source: str, block_size: int, mode: str = "wrap", eval_source: str | None = None,
                  text_field: str | None = None, streaming: bool = False, detokenizer: str | None = None,
                  train_split: str = "train", eval_split: str = "validation", cache_dir: str = ".cache/dlm",
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 max_train_tokens: int | None = None, max_eval_tokens: int | None = None, seed: int = 0,
-                 **_ignored) -> None:
+                 max_train_tokens: int | None = None, max_eval_tokens: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.source, self.block_size, self.mode = source, block_size, mode
+        # a local file is its own split: validation on a different file needs eval_source
+        self.eval_source = eval_source
         self.text_field, self.streaming = text_field, streaming
         self.detokenizer = detokenizer
         self.splits = {"train": train_split, "eval": eval_split}
@@ -70,8 +71,9 @@ class TextDataModule(L.LightningDataModule):
         self.datasets: dict = {}
 
     def blocks(self, which: str):
+        source = self.eval_source if which == "eval" and self.eval_source else self.source
         return corpus_blocks(
-            source=self.source, split=self.splits[which], tokenizer=self.tokenizer, block_size=self.block_size,
+            source=source, split=self.splits[which], tokenizer=self.tokenizer, block_size=self.block_size,
             mode=self.mode, text_field=self.text_field, streaming=self.streaming, detokenizer=self.detokenizer,
             cache_dir=self.cache_dir, max_tokens=self.max_tokens[which],
         )

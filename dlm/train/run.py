@@ -8,6 +8,7 @@ size and the device count, the resume checkpoint, the run directory layout:
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -109,6 +110,10 @@ def run(cfg: DictConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_yaml)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    # close a wandb run now: its exit-time messages would otherwise follow the JSON summary line
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
     summary = {
         "run_dir": str(run_dir),
         "model_dir": str(run_dir / "model"),

@@ -1,0 +1,49 @@
+"""The command-line contracts: last stdout line is one JSON object with the documented keys."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TINY = ["model=tiny", "data.block_size=32", "batch_size=4", "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1", "data.max_train_tokens=20000"]
+
+
+def run_cli(*args: str, cwd: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_demo_then_eval_ppl(tmp_path):
+    demo = run_cli("dlm-demo", "steps=4", f"run_root={tmp_path}/demo", "sample_length=32", "num_print=1",
+                   "eval_samples=2", "overrides=[" + ",".join(f"'{o}'" for o in TINY) + "]", cwd=tmp_path)
+    assert {"radd_ppl", "ar_ppl", "radd_model_dir", "ar_model_dir"} <= set(demo)
+    assert demo["radd_ppl"] > 1 and demo["ar_ppl"] > 1
+    for key, method in (("radd_model_dir", "nelbo_bound"), ("ar_model_dir", "exact")):
+        out = run_cli("dlm-eval-ppl", f"model={demo[key]}", "data=pydoc", "num_samples=2", "max_tokens=3000",
+                      cwd=tmp_path)
+        assert out["method"] == method and out["tokens"] > 0 and out["ppl"] > 1
+        assert {"ppl", "nll", "tokens", "method", "t_samples", "seconds", "dataset"} <= set(out)
+        assert Path(out["out"]).exists()
+
+
+def test_wandb_logger_works_offline(tmp_path):
+    out = run_cli("dlm-train", "debug=tiny", "logger=wandb", f"run_dir={tmp_path}/w", cwd=tmp_path)
+    assert out["step"] == 4
+    assert any((tmp_path / "w" / "wandb").glob("offline-run-*"))
+
+
+def test_zero_shot_wikitext2_from_local_file_with_detokenizer(tmp_path, shared_data):
+    demo = run_cli("dlm-train", "debug=tiny", f"run_dir={tmp_path}/m", cwd=tmp_path)
+    test_file = shared_data / "eval" / "wikitext2" / "test.txt"
+    out = run_cli("dlm-eval-ppl", f"model={demo['model_dir']}", f"data={test_file}", "detokenizer=wikitext",
+                  "num_samples=1", "max_tokens=5000", cwd=tmp_path)
+    assert out["detokenizer"] == "wikitext" and out["tokens"] > 1000
