@@ -50,8 +50,9 @@ class DlmModule(L.LightningModule):
         self.hp = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, warmup_steps=warmup_steps,
                        max_steps=max_steps, min_lr_ratio=min_lr_ratio)
         self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
-        # compile only the backbone: the objective's data-dependent masking would graph-break
-        self.forward_model = torch.compile(model) if compile else model
+        # compile only the backbone: the objective's data-dependent masking would graph-break.
+        # Kept out of the module tree so checkpoints hold each weight once, under "model.".
+        object.__setattr__(self, "forward_model", torch.compile(model) if compile else model)
 
     # -- steps ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
