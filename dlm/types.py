@@ -28,12 +28,18 @@ class LossOutput:
 
 @dataclass
 class SampleOutput:
-    """Generated token ids (B, L), network evaluations spent, wall-clock seconds."""
+    """Generated token ids (B, L), network calls spent, wall-clock seconds.
+
+    ``nfe`` counts forward passes (a pass over a subset of rows counts once); ``info`` holds
+    sampler diagnostics such as ``row_nfe`` (B,) network evaluations per row and
+    ``reveal_times`` (B, L) the diffusion time at which each position was unmasked.
+    """
 
     tokens: Tensor
     nfe: int
     seconds: float
     trajectory: list[Tensor] | None = None
+    info: dict = field(default_factory=dict)
 
 
 @runtime_checkable

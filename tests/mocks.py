@@ -19,8 +19,14 @@ class OracleDenoiser(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, xt: Tensor, t: Tensor | None = None, **_) -> Tensor:
+        x0 = self.x0[:, : xt.shape[1]]  # windows of a strided sampler see a prefix-length canvas
+        if xt.shape[0] == x0.shape[0]:
+            target = x0
+        else:  # a sampler evaluated a subset of rows: find each row's sequence by its visible tokens
+            agree = ((xt[:, None] == self.mask_id) | (xt[:, None] == x0[None])).all(-1)
+            target = x0[agree.float().argmax(-1)]
         logits = torch.full((*xt.shape, self.vocab_size), -1e4)
-        return logits.scatter(-1, self.x0[: xt.shape[0], :, None], 1e4)
+        return logits.scatter(-1, target[..., None], 1e4)
 
 
 class UniformDenoiser(nn.Module):
@@ -59,11 +65,13 @@ class RandomDenoiser(nn.Module):
         self.w2 = nn.Parameter(torch.randn(hidden, length * vocab_size, generator=g) * 0.5)
 
     def forward(self, xt: Tensor, t: Tensor | None = None, **_) -> Tensor:
-        b = xt.shape[0]
+        b, n = xt.shape
+        if n < self.length:  # shorter canvases (strided windows) are padded with masks
+            xt = torch.cat([xt, torch.full((b, self.length - n), self.mask_id, dtype=xt.dtype)], 1)
         h = nn.functional.one_hot(xt, self.vocab_size).float().reshape(b, -1)
         tt = t.reshape(b, 1).float() if (self.time_conditioned and t is not None) else torch.zeros(b, 1)
         h = torch.tanh(torch.cat([h, tt], -1) @ self.w1)
-        return (h @ self.w2).reshape(b, self.length, self.vocab_size)
+        return (h @ self.w2).reshape(b, self.length, self.vocab_size)[:, :n]
 
 
 class BigramAR(nn.Module):
@@ -97,3 +105,48 @@ class NaNAfter:
             if self.calls >= self.n:
                 out.loss = out.loss * float("nan")
         return out
+
+
+class ExactDenoiser(nn.Module):
+    """p(x0^i = v | visible tokens) computed by enumeration from a known joint over V^L sequences.
+
+    joint: (V,)*L tensor of probabilities (real tokens 0..V-1; mask id = V). Every sampler driven by
+    exact conditionals one token at a time must reproduce ``joint`` exactly.
+    """
+
+    time_conditioned = False
+    attention = "bidirectional"
+
+    def __init__(self, joint: Tensor) -> None:
+        super().__init__()
+        self.length, self.real = joint.dim(), joint.shape[0]
+        self.vocab_size, self.mask_id = self.real + 1, self.real
+        grid = torch.cartesian_prod(*[torch.arange(self.real)] * self.length).reshape(-1, self.length)
+        self.register_buffer("seqs", grid)
+        self.register_buffer("probs", joint.reshape(-1).double())
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, xt: Tensor, t: Tensor | None = None, **_) -> Tensor:
+        visible = xt != self.mask_id  # (B, L)
+        consistent = ((self.seqs[None] == xt[:, None]) | ~visible[:, None]).all(-1)  # (B, S)
+        w = consistent.double() * self.probs[None]  # (B, S)
+        onehot = nn.functional.one_hot(self.seqs, self.real).double()  # (S, L, V)
+        cond = torch.einsum("bs,slv->blv", w, onehot)
+        cond = cond / cond.sum(-1, keepdim=True)
+        logits = torch.full((*xt.shape, self.vocab_size), -1e9, dtype=torch.float64)
+        logits[..., : self.real] = torch.log(cond.clamp(min=1e-300))
+        return logits.float()
+
+
+class CountingModel(nn.Module):
+    """Wraps a denoiser and counts forward calls (to check a sampler's reported nfe)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+        for name in ("vocab_size", "mask_id", "time_conditioned", "attention"):
+            setattr(self, name, getattr(inner, name))
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)

@@ -50,3 +50,32 @@ def gumbel_argmax(logits: Tensor, *, generator: torch.Generator | None = None,
         p = logits.float().softmax(-1)
         return (p / (1e-10 - torch.log(u + 1e-10))).argmax(-1)
     raise ValueError(f"sampler.precision={precision!r}; valid: 'float64', 'float32'")
+
+
+class TokenSampling:
+    """How a sampler draws a token from p_theta(x0 | xt): temperature, top-k, top-p, precision.
+
+    ``draw(logits)`` removes the mask column (SUBS: the denoiser never predicts [MASK]) before
+    filtering; logits (N, V) -> ids (N,). temperature = 0 means greedy (argmax).
+    """
+
+    def __init__(self, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 precision: Precision = "float64") -> None:
+        if temperature < 0:
+            raise ValueError(f"sampler.temperature={temperature} must be >= 0 (0 = greedy)")
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"sampler.precision={precision!r}; valid: 'float64', 'float32'")
+        self.temperature, self.top_k, self.top_p, self.precision = temperature, top_k, top_p, precision
+
+    def log_probs(self, logits: Tensor, mask_id: int) -> Tensor:
+        """Filtered, tempered log-probabilities over the real vocabulary (float32), (N, V)."""
+        logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+        if self.temperature > 0:
+            logits = filter_logits(logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return logits.log_softmax(-1)
+
+    def draw(self, logits: Tensor, mask_id: int, generator: torch.Generator | None = None) -> Tensor:
+        log_p = self.log_probs(logits, mask_id)
+        if self.temperature == 0:
+            return log_p.argmax(-1)
+        return gumbel_argmax(log_p, generator=generator, precision=self.precision)
