@@ -124,6 +124,8 @@ class Transformer(nn.Module):
     Precision: no autocast inside; the caller (Lightning, a sampler's ``dtype``) owns it.
     """
 
+    computes_logits_at = True  # forward(..., logits_at=) evaluates the head at those positions only
+
     def __init__(
         self,
         *,
@@ -248,13 +250,15 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, L, V).
+        """Logits (B, L, V), or (B, K, V) at the positions ``logits_at`` (B, K) long.
 
         tokens_or_probs: (B, L) int ids or (B, L, V) float probabilities. t: (B,) (or (B, L)) diffusion
         time in [0, 1]; required iff ``time_conditioned``, ignored otherwise. positions: RoPE positions
         (L,) or (B, L), default arange(L). attn_mask: boolean "may attend" mask broadcastable to
         (B, H, L, L) (block masks), ANDed with ``attention``. attention_mask: (B, L) 1 = token, 0 = pad.
+        logits_at: (B, K) positions whose logits are wanted (the rest are not computed).
         """
         B, L = tokens_or_probs.shape[:2]
         if L > self.max_seq_len:
@@ -285,6 +289,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, attn_mask, c)
         h = self.norm(x)
+        if logits_at is not None:
+            # samplers draw few positions per call; the V-wide head is most of a small model's cost
+            h = h.gather(1, logits_at[..., None].expand(-1, -1, h.shape[-1]))
         if self.final_modulation is not None and c is not None:
             h = modulate(h, *self.final_modulation(c))
         return self.lm_head(h)

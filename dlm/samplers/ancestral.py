@@ -26,7 +26,7 @@ from torch import Tensor
 
 from dlm.diffusion.posterior import unmask_probability
 from dlm.diffusion.schedule import LogLinearSchedule
-from dlm.samplers.canvas import denoise, init_canvas
+from dlm.samplers.canvas import denoise, init_canvas, padded_positions
 from dlm.samplers.categorical import Precision, TokenSampling, gumbel_argmax
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
@@ -91,14 +91,14 @@ class AncestralSampler:
                 if self.cache == "none":
                     rows = masked.any(-1) | rows
                 if rows.any():
-                    logits = denoise(model, x, t_rows, rows)
+                    at, valid = padded_positions(revealed[rows])
+                    logits = denoise(model, x, t_rows, rows, at=at)  # (R, K, V): revealed positions only
                     nfe += 1
                     row_nfe[rows] += 1
-                    sub = revealed[rows]
-                    if sub.any():
-                        draws = self.tokens.draw(logits[sub], model.mask_id, generator)
+                    if valid.any():
+                        draws = self.tokens.draw(logits[valid], model.mask_id, generator)
                         xr = x[rows]
-                        xr[sub] = draws
+                        xr[revealed[rows]] = draws  # row-major, ascending: the order of logits[valid]
                         x[rows] = xr
             reveal_times[revealed] = t.item()
             if self.cache != "none" and not (x == model.mask_id).any():

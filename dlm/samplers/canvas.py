@@ -45,9 +45,33 @@ def init_canvas(model, *, batch_size: int, length: int, prompt: Tensor | None) -
     return x
 
 
-def denoise(model, x: Tensor, t: Tensor | None, rows: Tensor | None = None) -> Tensor:
-    """Logits of ``model`` for x[rows] (all rows when None); t (B,) is sliced alike. -> (R, L, V)."""
+def denoise(model, x: Tensor, t: Tensor | None, rows: Tensor | None = None, at: Tensor | None = None) -> Tensor:
+    """Logits of ``model`` for x[rows] (all rows when None); t (B,) is sliced alike.
+
+    ``at`` (R, K) asks for the logits of K positions per row only -> (R, K, V); a model whose
+    forward accepts ``logits_at`` computes just those, any other is evaluated fully and gathered.
+    Without ``at``: (R, L, V).
+    """
     if rows is not None:
         x = x[rows]
         t = t[rows] if t is not None else None
-    return model(x, t.float() if (t is not None and model.time_conditioned) else None)
+    t = t.float() if (t is not None and model.time_conditioned) else None
+    if at is None:
+        return model(x, t)
+    if getattr(model, "computes_logits_at", False):
+        return model(x, t, logits_at=at)
+    logits = model(x, t)
+    return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
+
+
+def padded_positions(select: Tensor) -> tuple[Tensor, Tensor]:
+    """Selected positions of each row, left-aligned and padded: (R, K) ids and (R, K) validity.
+
+    K is the largest count in any row; rows are in ascending position order, so ``valid`` entries
+    enumerate ``select`` in row-major order (the same order as ``tensor[select]``).
+    """
+    count = select.sum(-1)
+    k = int(count.max()) if select.numel() else 0
+    order = (~select).long().argsort(dim=-1, stable=True)[:, :k]  # selected positions first, ascending
+    valid = torch.arange(k, device=select.device)[None] < count[:, None]
+    return order, valid

@@ -19,7 +19,6 @@ from torch import Tensor
 from dlm.diffusion.schedule import LogLinearSchedule
 from dlm.samplers.canvas import denoise, init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
-from dlm.samplers.reveal import top_confidence
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
 
@@ -67,19 +66,17 @@ class FirstHittingSampler:
                 tau = torch.where(active, next_hitting_time(self.schedule, tau, n - j, u), tau)
                 times.append(tau.clone())
             t_eval = times[0]
-            logits = denoise(model, x, t_eval, rows)
+            # uniformly random masked positions: the k best of fresh uniform scores
+            scores = torch.rand(x.shape, device=device, generator=generator).masked_fill(~masked, -1.0)
+            at = scores.argsort(-1, descending=True)[:, : self.tokens_per_step]  # (B, K)
+            valid = torch.arange(at.shape[1], device=device)[None] < k[:, None]
+            logits = denoise(model, x, t_eval, rows, at=at[rows])  # (R, K, V): the chosen positions only
             nfe += 1
             row_nfe[rows] += 1
-            scores = torch.rand(x.shape, device=device, generator=generator)  # uniform masked positions
-            chosen = top_confidence(scores, masked, k)[rows]
-            xr = x[rows]
-            xr[chosen] = self.tokens.draw(logits[chosen], model.mask_id, generator)
-            x[rows] = xr
-            # record each revealed position's hitting time (in order of the random scores)
-            order = scores.masked_fill(~masked, -1.0).argsort(-1, descending=True)
-            for j in range(self.tokens_per_step):
-                pos = order[:, j]
-                sel = rows & (j < k)
-                reveal_times[sel, pos[sel]] = times[j][sel]
+            sel = valid & rows[:, None]
+            x[torch.arange(batch_size, device=device)[:, None].expand_as(at)[sel], at[sel]] = \
+                self.tokens.draw(logits[valid[rows]], model.mask_id, generator)
+            for j in range(at.shape[1]):
+                reveal_times[sel[:, j], at[sel[:, j], j]] = times[j][sel[:, j]]
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
                             info={"row_nfe": row_nfe, "reveal_times": reveal_times})
