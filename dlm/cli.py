@@ -61,6 +61,32 @@ def eval_ppl(cfg: DictConfig) -> None:
     ))
 
 
+@hydra.main(config_path=CONF_DIR + "/eval", config_name="sample", version_base="1.3")
+def sample(cfg: DictConfig) -> None:
+    """dlm-sample model=<dir> sampler=<name> num_samples=<n> length=<L> out=<file.jsonl>"""
+    from hydra.utils import instantiate
+
+    from dlm.checkpoint import load_model_dir
+    from dlm.eval.sample_job import sample_to_jsonl
+
+    # the sampler follows the schedule the model was trained with unless one is given
+    loaded = load_model_dir(cfg.model)
+    extra = {"schedule": loaded.schedule} if cfg.sampler.get("schedule", "absent") is None else {}
+    sampler = instantiate(cfg.sampler, **extra)
+    _print_json(sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
+                                batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
+                                out=cfg.out))
+
+
+@hydra.main(config_path=CONF_DIR + "/eval", config_name="eval_gen", version_base="1.3")
+def eval_gen(cfg: DictConfig) -> None:
+    """dlm-eval-gen samples=<file.jsonl> judge=<dlm AR model dir or HF causal-LM dir>"""
+    from dlm.eval.gen_job import eval_gen_file
+
+    _print_json(eval_gen_file(cfg.samples, cfg.judge, batch_size=cfg.batch_size, max_len=cfg.max_len,
+                              device=cfg.device, out=cfg.out))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="demo", version_base="1.3")
 def demo(cfg: DictConfig) -> None:
     """dlm-demo: RADD vs AR on the embedded corpus, both evaluated and sampled."""

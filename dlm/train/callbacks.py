@@ -1,10 +1,17 @@
-"""Training callbacks: throughput logging."""
+"""Training callbacks: throughput logging, model export, samples during validation."""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
+import torch
+
+from dlm.errors import ConfigError
+from dlm.eval.sample_job import check_length, decode_sample, prompt_ids, write_jsonl_atomic
+from dlm.types import Sampler
 
 
 class TokenThroughput(L.Callback):
@@ -53,3 +60,88 @@ class ExportModelDir(L.Callback):
             save_model_dir(self.path, model=pl_module.model, model_spec=self.model_spec, tokenizer=self.tokenizer,
                            kind=self.kind, schedule_spec=self.schedule_spec,
                            extra={**self.extra, "step": trainer.global_step}, config_yaml=self.config_yaml)
+
+
+class SampleDuringValidation(L.Callback):
+    """Draws a few samples at the end of validation, to watch sample quality while training.
+
+    On global rank 0, outside the sanity check, every ``every_n_validations``-th validation:
+    ``sampler(module.model, batch_size=num_samples, length=length, prompt=[BOS], generator=...)``
+    with the EMA weights swapped in (when the module keeps an EMA) and the model in eval mode
+    (train mode is restored after). ``length`` defaults to ``datamodule.block_size``; the prompt
+    is the tokenizer's BOS (required for AR models, ``objective.model_kind == "ar"``; used for
+    diffusion models whenever the tokenizer has one, since training rows start with it). The
+    generator is re-seeded with ``seed`` every time, so successive files differ only through the
+    weights. The tokenizer comes from ``trainer.datamodule.tokenizer``.
+
+    Writes ``<trainer.default_root_dir>/samples/step_<global_step>.jsonl`` atomically, one
+    ``{"step", "text", "tokens", "nfe"}`` object per sample (``text`` decoded as by dlm-sample),
+    logs ``val/sample_nfe``, and sends the texts to every logger with a ``log_text`` method
+    (WandbLogger) as the table ``val/samples``.
+
+    Hydra: ``callbacks=sample`` (conf/callbacks/sample.yaml) adds it with the ancestral sampler;
+    for an AR run swap the sampler with
+    ``callbacks.sample.sampler._target_=dlm.samplers.autoregressive.AutoregressiveSampler
+    ~callbacks.sample.sampler.num_steps``.
+    """
+
+    def __init__(self, sampler: Sampler, *, num_samples: int = 4, length: int | None = None,
+                 every_n_validations: int = 1, seed: int = 0) -> None:
+        if num_samples < 1:
+            raise ConfigError(f"callbacks.sample.num_samples={num_samples} must be >= 1")
+        if every_n_validations < 1:
+            raise ConfigError(f"callbacks.sample.every_n_validations={every_n_validations} must be >= 1")
+        self.sampler, self.num_samples, self.length = sampler, num_samples, length
+        self.every_n_validations, self.seed = every_n_validations, seed
+        self._validations = 0
+        self._prompt: list[int] = []
+        self._length = length
+
+    def _tokenizer(self, trainer):
+        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError("callbacks.sample (SampleDuringValidation) decodes with trainer.datamodule.tokenizer; "
+                              "train with a datamodule that has a tokenizer, or drop callbacks=sample")
+        return tokenizer
+
+    def setup(self, trainer, pl_module, stage):
+        # checked at build time, not after the first validation's compute
+        kind = getattr(pl_module.objective, "model_kind", "diffusion")
+        self._prompt = prompt_ids(self._tokenizer(trainer), None, kind=kind)
+        self._length = self.length or trainer.datamodule.block_size
+        check_length(self._length, prompt_len=len(self._prompt),
+                     max_seq_len=getattr(pl_module.model, "max_seq_len", None), key="callbacks.sample.length")
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+            return
+        model, device = pl_module.model, pl_module.device
+        was_training = model.training
+        # Lightning calls callbacks' epoch-end hooks before the module's, so the module's own EMA
+        # swap may still be active: a nested swap is harmless (it copies the same EMA weights and
+        # restores them), and it keeps this callback right whatever the hook order.
+        ema = getattr(pl_module, "ema", None)
+        ctx = ema.swapped(model) if ema is not None else nullcontext()
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        prompt = torch.tensor(self._prompt, dtype=torch.long, device=device) if self._prompt else None
+        try:
+            model.eval()
+            with ctx, torch.no_grad():
+                out = self.sampler(model, batch_size=self.num_samples, length=self._length, prompt=prompt,
+                                   generator=generator)
+        finally:
+            model.train(was_training)
+        tokenizer, step = self._tokenizer(trainer), trainer.global_step
+        rows = out.tokens.tolist()
+        texts = [decode_sample(row, tokenizer, len(self._prompt)) for row in rows]
+        path = Path(trainer.default_root_dir) / "samples" / f"step_{step}.jsonl"
+        write_jsonl_atomic(path, [{"step": step, "text": t, "tokens": r, "nfe": int(out.nfe)}
+                                  for t, r in zip(texts, rows, strict=True)])
+        pl_module.log("val/sample_nfe", float(out.nfe), rank_zero_only=True)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_text"):  # WandbLogger; CSV has no text tables
+                logger.log_text(key="val/samples", columns=["step", "text"], data=[[step, t] for t in texts],
+                                step=step)

@@ -1,0 +1,97 @@
+"""dlm-sample's job: JSONL layout, reproducibility, length checks, atomic output."""
+
+import json
+
+import pytest
+import torch
+
+from dlm.checkpoint import build, save_model_dir
+from dlm.data.tokenizers.char import CharTokenizer
+from dlm.errors import ConfigError
+from dlm.eval.sample_job import decode_sample, sample_to_jsonl
+from dlm.samplers.ancestral import AncestralSampler
+from dlm.samplers.autoregressive import AutoregressiveSampler
+
+KEYS = {"text", "tokens", "nfe", "seconds"}
+
+
+def export(path, kind="diffusion"):
+    tok = CharTokenizer()
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": 16, "attention": "causal" if kind == "ar" else "bidirectional",
+            "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
+    torch.manual_seed(0)
+    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, kind=kind,
+                          extra={"block_size": 16})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return export(tmp_path_factory.mktemp("m") / "model")
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_has_one_record_per_sample_with_the_documented_keys(model_dir, tmp_path):
+    out = tmp_path / "s.jsonl"
+    summary = sample_to_jsonl(model_dir, AncestralSampler(num_steps=8), num_samples=5, length=12, batch_size=2,
+                              device="cpu", out=out)
+    recs = read(out)
+    assert len(recs) == 5 and all(set(r) == KEYS for r in recs)
+    tok = CharTokenizer()
+    for r in recs:
+        assert len(r["tokens"]) == 12 and r["tokens"][0] == tok.bos_id
+        assert tok.mask_id not in r["tokens"]
+        assert r["text"] == decode_sample(r["tokens"], tok, 1)
+        assert isinstance(r["nfe"], int) and 1 <= r["nfe"] <= 8
+    assert summary["samples"] == 5 and summary["out"] == str(out) and summary["sampler"] == "AncestralSampler"
+    assert summary["nfe"] == pytest.approx(sum(r["nfe"] for r in recs) / 5)
+    assert summary["seconds_per_sample"] == pytest.approx(summary["seconds"] / 5)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]  # no temp file left
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model_dir, tmp_path):
+    def tokens(seed, name):
+        sample_to_jsonl(model_dir, AncestralSampler(num_steps=8), num_samples=4, length=12, batch_size=3,
+                        seed=seed, device="cpu", out=tmp_path / name)
+        return [(r["tokens"], r["text"], r["nfe"]) for r in read(tmp_path / name)]
+
+    assert tokens(0, "a.jsonl") == tokens(0, "b.jsonl")
+    assert tokens(0, "a.jsonl") != tokens(1, "c.jsonl")
+
+
+def test_prompt_follows_bos_and_ar_models_start_from_bos(tmp_path):
+    ar = export(tmp_path / "ar", kind="ar")
+    tok = CharTokenizer()
+    sample_to_jsonl(ar, AutoregressiveSampler(), num_samples=2, length=10, prompt="ab", device="cpu",
+                    out=tmp_path / "p.jsonl")
+    for r in read(tmp_path / "p.jsonl"):
+        assert r["tokens"][:3] == [tok.bos_id, *tok.encode("ab")] and r["text"].startswith("ab")
+        assert r["nfe"] == 7
+
+
+def test_decode_cuts_at_the_first_eos_after_the_prompt():
+    tok = CharTokenizer()
+    row = [tok.bos_id, *tok.encode("hi"), tok.eos_id, *tok.encode("junk")]
+    assert decode_sample(row, tok, 1) == "hi"
+
+
+def test_bad_lengths_are_refused_before_sampling(model_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"length=17 .*model.max_seq_len=16"):
+        sample_to_jsonl(model_dir, AncestralSampler(num_steps=8), num_samples=1, length=17, device="cpu",
+                        out=tmp_path / "x.jsonl")
+    with pytest.raises(ConfigError, match="length=4"):
+        sample_to_jsonl(model_dir, AncestralSampler(num_steps=8), num_samples=1, length=4, prompt="abcd",
+                        device="cpu", out=tmp_path / "x.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_sampler_leaves_nothing_behind(model_dir, tmp_path):
+    def broken(model, **kwargs):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sample_to_jsonl(model_dir, broken, num_samples=2, length=8, device="cpu", out=tmp_path / "x.jsonl")
+    assert list(tmp_path.iterdir()) == []
