@@ -103,7 +103,19 @@ def _bench(cfg: DictConfig) -> None:
 
 
 def bench() -> None:
-    """dlm-bench <task> key=value ...  (``dlm-bench train`` is ``dlm-bench task=train``)."""
+    """dlm-bench <task> key=value ...  (``dlm-bench train`` is ``dlm-bench task=train``).
+
+    Overrides address the task's own keys (``model.dim=16`` means ``task.model.dim=16``).
+    """
     if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
         sys.argv[1] = f"task={sys.argv[1]}"
+    sys.argv[1:] = [_task_override(a) for a in sys.argv[1:]]
     _bench()
+
+
+def _task_override(arg: str) -> str:
+    key = arg.split("=", 1)[0].lstrip("+~")
+    if "=" not in arg or arg.startswith("-") or key == "task" or key.startswith(("task.", "hydra")):
+        return arg
+    prefix = arg[: len(arg.split("=", 1)[0]) - len(key)]  # keep a leading + or ~
+    return f"{prefix}task.{arg[len(prefix):]}"

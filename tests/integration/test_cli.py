@@ -47,3 +47,28 @@ def test_zero_shot_wikitext2_from_local_file_with_detokenizer(tmp_path, shared_d
     out = run_cli("dlm-eval-ppl", f"model={demo['model_dir']}", f"data={test_file}", "detokenizer=wikitext",
                   "num_samples=1", "max_tokens=5000", cwd=tmp_path)
     assert out["detokenizer"] == "wikitext" and out["tokens"] > 1000
+
+
+def test_sample_then_eval_gen(tmp_path):
+    radd = run_cli("dlm-train", "debug=tiny", f"run_dir={tmp_path}/radd", cwd=tmp_path)["model_dir"]
+    ar = run_cli("dlm-train", "experiment=demo_ar", "debug=tiny", f"run_dir={tmp_path}/ar",
+                 cwd=tmp_path)["model_dir"]
+    for sampler in ("first_hitting", "ancestral_cached", "confidence_threshold"):
+        out = run_cli("dlm-sample", f"model={radd}", f"sampler={sampler}", "num_samples=3", "length=32",
+                      f"out={tmp_path}/{sampler}.jsonl", cwd=tmp_path)
+        assert out["samples"] == 3 and out["nfe"] >= 1 and out["seconds"] >= 0
+        lines = (tmp_path / f"{sampler}.jsonl").read_text().strip().splitlines()
+        assert len(lines) == 3 and {"text", "tokens", "nfe", "seconds"} <= set(json.loads(lines[0]))
+    ar_out = run_cli("dlm-sample", f"model={ar}", "sampler=autoregressive", "num_samples=2", "length=16",
+                     f"out={tmp_path}/ar.jsonl", cwd=tmp_path)
+    assert ar_out["samples"] == 2
+    gen = run_cli("dlm-eval-gen", f"samples={tmp_path}/first_hitting.jsonl", f"judge={ar}", cwd=tmp_path)
+    assert gen["gen_ppl"] > 1 and gen["entropy"] >= 0
+    bench = run_cli("dlm-bench", "sample", "model.dim=16", "model.n_layers=1", "vocab_size=64", "grid=[[16,2]]",
+                    "restrict.ancestral_1000_fp64_reference=[[16,2]]", f"quality.model_dir={radd}",
+                    f"quality.judge={ar}", "quality.length=16", "quality.num_samples=2",
+                    f"out={tmp_path}/sample.json", f"plot={tmp_path}/plot.png", cwd=tmp_path)
+    assert bench["rows"] == 7 and bench["quality_rows"] == 7 and (tmp_path / "plot.png").exists()
+    report = json.loads((tmp_path / "sample.json").read_text())
+    cached = next(r for r in report["speed"] if r["sampler"] == "ancestral_1000_cached")
+    assert cached["row_nfe_mean"] < 1000 and abs(cached["row_nfe_rel_error"]) < 0.5
