@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlm.cache.kv import KVCache
 from dlm.errors import ConfigError
 from dlm.nn.attention import AttentionBackend, attention, padding_mask_to_attn_mask
 from dlm.nn.mlp import SwiGLU
@@ -62,7 +63,9 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None,
+                cache: KVCache | None = None, layer_idx: int = 0, store_cache: bool = False) -> Tensor:
+        """``cache``: keys / values of committed tokens, read (and appended to when ``store_cache``)."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
@@ -71,7 +74,14 @@ class SelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
-        out = attention(q, k, v, mode=self.mode, attn_mask=attn_mask, backend=self.backend)
+        k_all, v_all = k, v
+        if cache is not None:
+            past = cache.read(layer_idx)
+            if past is not None:
+                k_all, v_all = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            if store_cache:
+                cache.append(layer_idx, k, v)
+        out = attention(q, k_all, v_all, mode=self.mode, attn_mask=attn_mask, backend=self.backend)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
 
@@ -98,14 +108,16 @@ class Block(nn.Module):
         self.adaLN_modulation = AdaLNModulation(cond_dim, dim, 6) if cond_dim is not None else None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None, c: Tensor | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None, c: Tensor | None,
+        cache: KVCache | None = None, layer_idx: int = 0, store_cache: bool = False,
     ) -> Tensor:
+        kv = dict(cache=cache, layer_idx=layer_idx, store_cache=store_cache)
         if self.adaLN_modulation is None or c is None:
-            x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, attn_mask))
+            x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, **kv))
             return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)
         h = modulate(self.input_layernorm(x), shift_a, scale_a)
-        x = x + (1 + gate_a) * self.dropout(self.self_attn(h, cos, sin, attn_mask))
+        x = x + (1 + gate_a) * self.dropout(self.self_attn(h, cos, sin, attn_mask, **kv))
         h = modulate(self.post_attention_layernorm(x), shift_m, scale_m)
         return x + (1 + gate_m) * self.dropout(self.mlp(h))
 
@@ -138,7 +150,8 @@ class Transformer(nn.Module):
         head_dim: int | None = None,
         ffn_dim: int | None = None,
         max_seq_len: int = 1024,
-        attention: Literal["bidirectional", "causal"] = "bidirectional",
+        attention: Literal["bidirectional", "causal", "block_causal"] = "bidirectional",
+        block_size: int | None = None,
         time_conditioned: bool = False,
         cond_dim: int = 128,
         qk_norm: bool = False,
@@ -161,10 +174,18 @@ class Transformer(nn.Module):
             )
         if n_heads % n_kv_heads:
             raise ConfigError(f"model.n_heads={n_heads} must be a multiple of model.n_kv_heads={n_kv_heads}")
-        if attention not in ("bidirectional", "causal"):
-            raise ConfigError(f"unknown model.attention={attention!r}; choose 'bidirectional' or 'causal'")
+        if attention not in ("bidirectional", "causal", "block_causal"):
+            raise ConfigError(
+                f"unknown model.attention={attention!r}; choose 'bidirectional', 'causal' or 'block_causal'"
+            )
+        if attention == "block_causal" and (block_size is None or block_size < 1):
+            raise ConfigError(f"model.attention=block_causal needs model.block_size >= 1 (got {block_size})")
+        if attention == "block_causal" and max_seq_len % block_size:
+            raise ConfigError(f"model.block_size={block_size} does not divide model.max_seq_len={max_seq_len}; "
+                              "pick a block size that divides the context")
         self.vocab_size, self.mask_id, self.max_seq_len = vocab_size, mask_id, max_seq_len
         self.attention, self.time_conditioned = attention, time_conditioned
+        self.block_size = block_size if attention == "block_causal" else None
         self.dim, self.n_layers, self.init_std = dim, n_layers, init_std
         self.head_dim = head_dim or dim // n_heads
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
@@ -181,7 +202,8 @@ class Transformer(nn.Module):
                     qkv_bias=qkv_bias,
                     qk_norm=qk_norm,
                     norm_eps=norm_eps,
-                    mode=attention,
+                    # block-causal structure arrives as an explicit mask (see ``structure_mask``)
+                    mode="causal" if attention == "causal" else "bidirectional",
                     backend=attn_backend,
                 ),
                 dim=dim,
@@ -242,6 +264,15 @@ class Transformer(nn.Module):
         weight = self.embed_tokens.weight
         return tokens_or_probs.to(weight.dtype) @ weight
 
+    def block_causal_mask(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        """(L, S) bool: query at position p may see key at position r iff r // block_size <= p // block_size.
+
+        Blocks see themselves bidirectionally and every earlier block (BD3-LM's block-causal mask;
+        block_size = 1 is the causal mask, block_size = L is full attention).
+        """
+        bs = self.block_size or 1
+        return (k_positions // bs)[None, :] <= (q_positions // bs)[:, None]
+
     def forward(
         self,
         tokens_or_probs: Tensor,
@@ -251,21 +282,30 @@ class Transformer(nn.Module):
         attn_mask: Tensor | None = None,
         attention_mask: Tensor | None = None,
         logits_at: Tensor | None = None,
+        cache: KVCache | None = None,
+        store_cache: bool = False,
+        return_hidden: bool = False,
     ) -> Tensor:
         """Logits (B, L, V), or (B, K, V) at the positions ``logits_at`` (B, K) long.
 
         tokens_or_probs: (B, L) int ids or (B, L, V) float probabilities. t: (B,) (or (B, L)) diffusion
         time in [0, 1]; required iff ``time_conditioned``, ignored otherwise. positions: RoPE positions
-        (L,) or (B, L), default arange(L). attn_mask: boolean "may attend" mask broadcastable to
-        (B, H, L, L) (block masks), ANDed with ``attention``. attention_mask: (B, L) 1 = token, 0 = pad.
-        logits_at: (B, K) positions whose logits are wanted (the rest are not computed).
+        (L,) or (B, L), default arange(L) (after the cached tokens when ``cache`` is given).
+        attn_mask: boolean "may attend" mask broadcastable to (B, H, L, S) (S = cached + L keys):
+        ANDed with causal attention; for ``block_causal`` it *replaces* the default block-causal mask
+        (the block-diffusion objective passes its own [x_t ; x_0] mask). attention_mask: (B, L)
+        1 = token, 0 = pad. logits_at: (B, K) positions whose logits are wanted (the rest are not
+        computed). cache: committed keys / values (``dlm.cache.kv.KVCache``) every query may see;
+        ``store_cache`` appends this call's keys / values to it. return_hidden: return the final
+        normed hidden states (B, L, dim) instead of logits.
         """
         B, L = tokens_or_probs.shape[:2]
-        if L > self.max_seq_len:
+        past = cache.length if cache is not None else 0
+        if past + L > self.max_seq_len:
             raise ConfigError(
-                f"sequence length {L} exceeds model.max_seq_len={self.max_seq_len}; extend the context with "
-                f"NTK RoPE scaling (model.rope_scaling, e.g. NTKAuto(train_len={self.max_seq_len}, "
-                f"target_len={L}), and model.max_seq_len={L}) or truncate the input (data.block_size)"
+                f"sequence length {past + L} exceeds model.max_seq_len={self.max_seq_len}; extend the context "
+                f"with NTK RoPE scaling (model.rope_scaling, e.g. NTKAuto(train_len={self.max_seq_len}, "
+                f"target_len={past + L}), and model.max_seq_len={past + L}) or truncate the input (data.block_size)"
             )
         x = self.embed(tokens_or_probs)
 
@@ -280,20 +320,32 @@ class Transformer(nn.Module):
             c = F.silu(self.time_embed(t))
 
         if positions is None:
-            positions = torch.arange(L, device=x.device)
+            positions = torch.arange(past, past + L, device=x.device)
         cos, sin = rope_tables(positions, self.inv_freq)
+        if attn_mask is None and self.attention == "block_causal":
+            if positions.dim() != 1:
+                raise ConfigError("block_causal attention with per-row positions needs an explicit attn_mask")
+            k_positions = positions if cache is None or cache.positions is None else torch.cat(
+                [cache.positions.to(positions.device), positions])
+            attn_mask = self.block_causal_mask(positions, k_positions)
         if attention_mask is not None:
+            if past:  # committed tokens are real tokens
+                attention_mask = torch.cat([attention_mask.new_ones(B, past), attention_mask], dim=1)
             pad = padding_mask_to_attn_mask(attention_mask)
             attn_mask = pad if attn_mask is None else attn_mask.bool() & pad
 
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask, c)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn_mask, c, cache=cache, layer_idx=i, store_cache=store_cache)
+        if cache is not None and store_cache:
+            cache.commit_positions(positions if positions.dim() == 1 else positions[0])
         h = self.norm(x)
         if logits_at is not None:
             # samplers draw few positions per call; the V-wide head is most of a small model's cost
             h = h.gather(1, logits_at[..., None].expand(-1, -1, h.shape[-1]))
         if self.final_modulation is not None and c is not None:
             h = modulate(h, *self.final_modulation(c))
+        if return_hidden:
+            return h
         return self.lm_head(h)
 
     def num_parameters(self, non_embedding: bool = True) -> int:

@@ -25,7 +25,8 @@ from dlm.train.module import DlmModule
 def check_compatible(model, objective, *, block_size: int) -> None:
     """Cross-component checks on plain attributes, before any compute is spent."""
     kind = getattr(objective, "model_kind", "diffusion")
-    want = "causal" if kind == "ar" else "bidirectional"
+    # the attention an objective needs: AR -> causal, block diffusion -> block_causal, else bidirectional
+    want = getattr(objective, "model_attention", "causal" if kind == "ar" else "bidirectional")
     if getattr(model, "attention", want) != want:
         raise ConfigError(f"objective {type(objective).__name__} trains a {kind} model and needs "
                           f"model.attention={want}, got model.attention={model.attention}")

@@ -1,0 +1,1 @@
+"""Caches passed explicitly to backbones and samplers (never hidden inside modules)."""
