@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench lint clean
+.PHONY: install demo test test-unit bench block-recipe bench-block lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ test-unit: install
 
 bench: install
 	$(BIN)/dlm-bench train
+
+# CPU block-diffusion recipe: pretrain a small AR model, convert it to Hugging Face format and
+# back as a block-causal dlm model, adapt it as block diffusion (block size 4), evaluate both.
+block-recipe: install
+	$(BIN)/dlm-train experiment=block_cpu_ar
+	$(BIN)/dlm-convert src=runs/block_cpu/ar/model dst=runs/block_cpu/ar_hf direction=to_hf
+	$(BIN)/dlm-convert src=runs/block_cpu/ar_hf dst=runs/block_cpu/converted_block direction=to_dlm attention=block_causal block_size=4
+	$(BIN)/dlm-train experiment=block_cpu_adapt
+	$(BIN)/dlm-eval-ppl model=runs/block_cpu/ar/model data=pydoc num_samples=8 method=quadrature
+	$(BIN)/dlm-eval-ppl model=runs/block_cpu/block/model data=pydoc num_samples=8 method=quadrature
+
+bench-block: install
+	$(BIN)/dlm-bench block
 
 lint: install
 	$(BIN)/ruff check dlm tests scripts

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from dlm.checkpoint import load_model_dir
 from dlm.data.blocks import corpus_blocks
 from dlm.errors import ConfigError
+from dlm.eval.block_perplexity import evaluate_block_perplexity
 from dlm.eval.perplexity import Method, evaluate_perplexity
 
 
@@ -49,7 +50,9 @@ def eval_ppl_model_dir(
     cache_dir: str | Path = ".cache/dlm",
     out: str | Path | None = None,
 ) -> dict:
-    """NELBO bound (diffusion) or exact perplexity (AR); returns the JSON record it also writes."""
+    """NELBO bound (diffusion; per-block NELBO for kind "block") or exact perplexity (AR); returns the JSON
+    record it also writes. A block model is scored with its own ``model.block_size`` and the
+    ``shift_logits`` flag recorded in model.json."""
     device = pick_device(device)
     loaded = load_model_dir(model_dir, device=device)
     block_size = int(block_size or loaded.meta.get("block_size") or 0)
@@ -65,11 +68,23 @@ def eval_ppl_model_dir(
     if len(blocks) == 0:
         raise ConfigError(f"{dataset} ({split}) gives no block of {block_size} tokens; pass a smaller block_size")
     loader = DataLoader(blocks, batch_size=batch_size)
-    result = evaluate_perplexity(
-        loaded.model, loader, kind="ar" if loaded.kind == "ar" else "diffusion", num_samples=num_samples,
-        method=method, schedule=loaded.schedule, keep_first_token=bool(loaded.meta.get("keep_first_token", False)),
-        seed=seed, device=device, total=len(loader),
-    )
+    keep_first_token = bool(loaded.meta.get("keep_first_token", False))
+    if loaded.kind == "block":
+        diffusion_block = int(getattr(loaded.model, "block_size", None) or 0)
+        if diffusion_block <= 0 or block_size % diffusion_block:
+            raise ConfigError(f"block_size={block_size} must be a multiple of the model's diffusion block size "
+                              f"model.block_size={diffusion_block}; pass a block_size that it divides")
+        result = evaluate_block_perplexity(
+            loaded.model, loader, block_size=diffusion_block, num_samples=num_samples, method=method,
+            schedule=loaded.schedule, keep_first_token=keep_first_token,
+            shift_logits=bool(loaded.meta.get("shift_logits", False)), seed=seed, device=device, total=len(loader),
+        )
+    else:
+        result = evaluate_perplexity(
+            loaded.model, loader, kind="ar" if loaded.kind == "ar" else "diffusion", num_samples=num_samples,
+            method=method, schedule=loaded.schedule, keep_first_token=keep_first_token,
+            seed=seed, device=device, total=len(loader),
+        )
     result = {"dataset": dataset, "split": split, "block_size": block_size, "model": str(model_dir),
               "detokenizer": detokenizer, **result}
     path = Path(out) if out else Path(model_dir) / "eval" / f"{Path(str(dataset)).stem}-{split}.json"

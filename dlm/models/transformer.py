@@ -301,11 +301,14 @@ class Transformer(nn.Module):
         """
         B, L = tokens_or_probs.shape[:2]
         past = cache.length if cache is not None else 0
-        if past + L > self.max_seq_len:
+        # the context limit is on RoPE positions, not on the token count: [x_t ; x_0] training
+        # inputs hold 2L tokens at L positions
+        needed = past + L if positions is None else int(positions.max()) + 1
+        if needed > self.max_seq_len:
             raise ConfigError(
-                f"sequence length {past + L} exceeds model.max_seq_len={self.max_seq_len}; extend the context "
+                f"sequence length {needed} exceeds model.max_seq_len={self.max_seq_len}; extend the context "
                 f"with NTK RoPE scaling (model.rope_scaling, e.g. NTKAuto(train_len={self.max_seq_len}, "
-                f"target_len={past + L}), and model.max_seq_len={past + L}) or truncate the input (data.block_size)"
+                f"target_len={needed}), and model.max_seq_len={needed}) or truncate the input (data.block_size)"
             )
         x = self.embed(tokens_or_probs)
 

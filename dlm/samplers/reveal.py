@@ -43,3 +43,31 @@ class ConfidenceThreshold:
             return masked.clone()
         best = top_confidence(confidence, masked, torch.ones_like(masked[:, 0], dtype=torch.long))
         return ((confidence >= self.threshold) & masked) | best
+
+
+class EntropyBounded:
+    """Entropy-bounded (EB) unmasking: commit the lowest-entropy masked positions while their
+    cumulative entropy stays <= ``bound`` (at least the lowest one); everything left on the last step.
+
+    Reads ``confidence`` as the negative entropy -H_i = sum_v p_i(v) log p_i(v) of each position's
+    own predictive distribution (``order="entropy"``, ``required_order`` below). SDAR's reference
+    ``entropy_bounded`` instead accumulates the sampled tokens' probabilities, which is not an
+    entropy; with bound -> 0 this rule is one token per step, lowest entropy first.
+    """
+
+    required_order = "entropy"
+
+    def __init__(self, bound: float = 1.0) -> None:
+        if bound < 0:
+            raise ValueError(f"sampler.policy.bound={bound} must be >= 0 (nats of cumulative entropy)")
+        self.bound = bound
+
+    def __call__(self, confidence: Tensor, masked: Tensor, step: int, num_steps: int) -> Tensor:
+        if step >= num_steps - 1:
+            return masked.clone()
+        # float round-off can make -sum p log p slightly negative; an entropy is >= 0
+        entropy = (-confidence).clamp(min=0.0).masked_fill(~masked, float("inf"))
+        sorted_h, order = entropy.sort(dim=-1)
+        keep = sorted_h.cumsum(-1) <= self.bound
+        keep[:, 0] = True  # at least the lowest-entropy position (dropped below if the row has no mask)
+        return torch.zeros_like(masked).scatter(-1, order, keep) & masked

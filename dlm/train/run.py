@@ -72,14 +72,43 @@ def resolve_ckpt(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+def init_from_model_dir(path: str, overrides: DictConfig | dict) -> tuple:
+    """(tokenizer, model, model_spec) from an exported or converted model directory.
+
+    The architecture is the directory's, updated with ``init_overrides`` (e.g. ``attention:
+    block_causal, block_size: 4`` to adapt a converted AR checkpoint as block diffusion); every
+    weight is loaded, so an override may only change how the weights are used, not their shapes.
+    """
+    from dlm.checkpoint import build, load_model_dir
+
+    loaded = load_model_dir(path)
+    overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
+    unknown = set(overrides) - set(loaded.meta["model"])
+    if unknown - {"attention", "block_size", "dropout", "attn_backend", "max_seq_len", "rope_scaling"}:
+        raise ConfigError(f"init_overrides {sorted(unknown)} are not arguments of {path}'s model; valid: "
+                          f"{sorted(k for k in loaded.meta['model'] if k != '_target_')}")
+    spec = {**loaded.meta["model"], **overrides}
+    model = build(spec)
+    try:
+        model.load_state_dict(loaded.model.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"init_overrides {overrides} change weight shapes of {path}: {e}") from e
+    return loaded.tokenizer, model, spec
+
+
 def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     resume = resolve_ckpt(cfg.get("ckpt_path"), ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    tokenizer = instantiate(cfg.tokenizer)
-    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
+    if cfg.get("init_from"):
+        tokenizer, model, model_spec = init_from_model_dir(cfg.init_from, cfg.get("init_overrides") or {})
+    else:
+        tokenizer = instantiate(cfg.tokenizer)
+        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
+        model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),
+                      "vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id}
     objective = instantiate(cfg.objective)
     check_compatible(model, objective, block_size=cfg.data.block_size)
 
@@ -91,14 +120,13 @@ def run(cfg: DictConfig) -> dict:
     module = DlmModule(model=model, objective=objective, max_steps=cfg.trainer.max_steps,
                        ema_decay=cfg.ema_decay, compile=cfg.compile, **cfg.optim)
 
-    model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),
-                  "vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id}
     schedule_spec = OmegaConf.to_container(cfg.objective.schedule, resolve=True) if "schedule" in cfg.objective else None
     kind = getattr(objective, "model_kind", "diffusion")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     export = ExportModelDir(
         path=run_dir / "model", model_spec=model_spec, tokenizer=tokenizer, kind=kind, schedule_spec=schedule_spec,
         extra={"keep_first_token": bool(getattr(objective, "keep_first_token", False)),
+               "shift_logits": bool(getattr(objective, "shift_logits", False)),
                "block_size": int(cfg.data.block_size), "data": data_kwargs},
         config_yaml=config_yaml,
     )

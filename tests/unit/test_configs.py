@@ -19,8 +19,14 @@ def test_experiment_composes_and_instantiates(experiment):
     cfg = compose_config("train", [f"experiment={experiment}", "debug=tiny", "tokenizer=char", "data=pydoc",
                                    "trainer=cpu"])
     tokenizer = instantiate(cfg.tokenizer)
-    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
     objective = instantiate(cfg.objective)
+    arch = {}
+    if cfg.get("init_from"):
+        # the architecture comes from the (converted) directory at run time; stand in with the
+        # tiny model in the attention the objective needs
+        assert "init_overrides" in cfg
+        arch = {"attention": objective.model_attention, "block_size": getattr(objective, "block_size", None)}
+    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, **arch)
     check_compatible(model, objective, block_size=cfg.data.block_size)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.max_steps == cfg.trainer.max_steps

@@ -1,0 +1,131 @@
+"""Block decoding speed and quality against AR decoding of the original model, one run, one model.
+
+Rows (each generates ``gen_tokens`` after the same prompts, greedy, batch 1):
+  (a) ``ar_hf_generate``: the AR model in Hugging Face format, ``transformers`` ``generate`` with
+      its KV cache (the baseline every ratio is taken against);
+  (b) ``block_cached_static``: block decoding with the exact KV cache, one token per step;
+  (c) ``block_cached_threshold``: the same with SDAR's dynamic confidence threshold;
+  (d) ``block_nocache_static``: (b) without the cache (prefix recomputed every call).
+Quality: perplexity of the generated tokens under the AR model (teacher forcing, given the
+prompt), and the mean per-sequence unigram entropy (nats) to expose repetition. Optionally the
+perplexity bound of the block model and the exact perplexity of the AR model on held-out text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dlm.checkpoint import build, load_model_dir
+
+
+def _hf_generate(model, prompt: torch.Tensor, gen_tokens: int) -> torch.Tensor:
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=gen_tokens,
+                         min_new_tokens=gen_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+    return out[:, prompt.shape[1]:]
+
+
+@torch.no_grad()
+def _ar_nll(model, prompt: torch.Tensor, generated: torch.Tensor) -> tuple[float, int]:
+    """Sum of -log p(generated | prompt) under the HF AR model, and the token count."""
+    ids = torch.cat([prompt, generated], dim=1)
+    logits = model(ids).logits[:, prompt.shape[1] - 1 : -1].float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), generated.reshape(-1),
+                                            reduction="sum")
+    return float(nll), generated.numel()
+
+
+def _entropy(tokens: torch.Tensor) -> float:
+    counts = torch.bincount(tokens.reshape(-1)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def _prompts(loaded, texts: list[str], prompt_tokens: int) -> list[torch.Tensor]:
+    from dlm.eval.sample_job import prompt_ids
+
+    out = []
+    for text in texts:
+        ids = prompt_ids(loaded.tokenizer, text, kind=loaded.kind)[:prompt_tokens]  # BOS first, as in training
+        if len(ids) < prompt_tokens:
+            raise ValueError(f"prompt text {text[:40]!r} has fewer than prompt_tokens={prompt_tokens} tokens")
+        out.append(torch.tensor([ids]))
+    return out
+
+
+def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[str], prompt_tokens: int = 16,
+                gen_tokens: list[int] = (128, 512), threads: int = 2, seed: int = 0,
+                ppl: dict | None = None, out: str = "benchmarks/results/block.json") -> dict:
+    """Tokens/s, NFE and quality per row; ratios against ``ar_hf_generate`` at the same length."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    hf = AutoModelForCausalLM.from_pretrained(ar_hf, torch_dtype=torch.float32).eval()
+    loaded = load_model_dir(block_model)
+    prompt_ids = _prompts(loaded, prompts, prompt_tokens)
+    rows = []
+    for n in gen_tokens:
+        runners = {"ar_hf_generate": None, **samplers}
+        for name, spec in runners.items():
+            sampler = build(spec) if spec is not None else None
+            seconds, nfe, nll, count, ent, texts = 0.0, 0, 0.0, 0, [], []
+            for i, prompt in enumerate(prompt_ids):
+                if sampler is None:
+                    _hf_generate(hf, prompt, 4)  # warm-up outside the timed call
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        generated = _hf_generate(hf, prompt, n)
+                    seconds += time.perf_counter() - start
+                    nfe += n
+                else:
+                    g = torch.Generator().manual_seed(seed + i)
+                    res = sampler(loaded.model, batch_size=1, length=prompt.shape[1] + n, prompt=prompt, generator=g)
+                    seconds += res.seconds
+                    nfe += res.nfe
+                    generated = res.tokens[:, prompt.shape[1]:]
+                s, c = _ar_nll(hf, prompt, generated)
+                nll, count = nll + s, count + c
+                ent.append(_entropy(generated))
+                texts.append(loaded.tokenizer.decode(generated[0].tolist()))
+            row = {"decoder": name, "gen_tokens": n, "tokens_per_s": count / seconds, "seconds": seconds,
+                   "nfe_per_token": nfe / count, "gen_ppl_under_ar": math.exp(nll / count),
+                   "entropy": statistics.mean(ent), "example": texts[0][:160]}
+            rows.append(row)
+            print(f"n={n:<4} {name:<26} {row['tokens_per_s']:8.1f} tok/s  nfe/token {row['nfe_per_token']:.3f}  "
+                  f"gen-ppl {row['gen_ppl_under_ar']:8.2f}  entropy {row['entropy']:.2f}", flush=True)
+    base = {r["gen_tokens"]: r["tokens_per_s"] for r in rows if r["decoder"] == "ar_hf_generate"}
+    nocache = {r["gen_tokens"]: r["tokens_per_s"] for r in rows if r["decoder"] == "block_nocache_static"}
+    for r in rows:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / base[r["gen_tokens"]]
+        if r["gen_tokens"] in nocache:
+            r["speedup_vs_nocache"] = r["tokens_per_s"] / nocache[r["gen_tokens"]]
+    report = {"task": "block", "ar_hf": ar_hf, "block_model": block_model, "threads": threads,
+              "torch": torch.__version__, "prompt_tokens": prompt_tokens, "prompts": len(prompts), "rows": rows}
+    if ppl:
+        report["perplexity"] = _perplexities(block_model=block_model, **ppl)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"{'decoder':<26} {'n':>4} {'tok/s':>8} {'x AR':>6} {'x nocache':>9} {'gen-ppl':>8}")
+    for r in rows:
+        print(f"{r['decoder']:<26} {r['gen_tokens']:>4} {r['tokens_per_s']:>8.1f} {r['speedup_vs_ar']:>6.2f} "
+              f"{r.get('speedup_vs_nocache', float('nan')):>9.2f} {r['gen_ppl_under_ar']:>8.2f}")
+    return {"out": str(path), "rows": len(rows), **({"perplexity": report["perplexity"]} if ppl else {})}
+
+
+def _perplexities(*, ar_dlm: str, block_model: str, source: str, split: str, block_size: int,
+                  max_tokens: int | None, num_samples: int) -> dict:
+    """Exact AR perplexity and the block model's NELBO bound on the same held-out rows."""
+    from dlm.eval.model_dir import eval_ppl_model_dir
+
+    common = dict(dataset=source, source=source, split=split, block_size=block_size, max_tokens=max_tokens,
+                  num_samples=num_samples, method="quadrature", device="cpu")
+    ar = eval_ppl_model_dir(ar_dlm, out=Path(ar_dlm) / "eval" / "bench_block.json", **common)
+    block = eval_ppl_model_dir(block_model, out=Path(block_model) / "eval" / "bench_block.json", **common)
+    return {"ar_exact_ppl": ar["ppl"], "block_ppl_bound": block["ppl"], "ratio": block["ppl"] / ar["ppl"],
+            "tokens": ar.get("tokens"), "source": source, "split": split}

@@ -1,0 +1,367 @@
+"""Block diffusion (BD3-LM / SDAR): the [x_t ; x_0] mask, the loss identities and the block NELBO.
+
+Each test fails when the maths is wrong: the vectorised pass is compared with per-block passes,
+the limits block_size = 1 / n with causal / bidirectional passes, the loss with oracle, uniform
+and AR references, and the k-form bound with a token-by-token NLL and an exact enumeration.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dlm.diffusion.posterior import subs_log_probs
+from dlm.errors import ConfigError
+from dlm.eval.block_perplexity import block_nelbo_per_sequence, mask_exactly_k_per_segment
+from dlm.models.transformer import Transformer
+from dlm.nn.block_mask import (
+    block_diffusion_mask,
+    block_diffusion_mask_mod,
+    block_ids_fixed,
+    block_ids_from_sizes,
+    document_ids_from_positions,
+    flex_available,
+    flex_block_diffusion_mask,
+    random_block_partition,
+    segment_ids,
+)
+from dlm.objectives.ar import AutoregressiveLoss
+from dlm.objectives.block import BlockDiffusionLoss, block_denoise_nll, block_layout
+
+V, MASK = 12, 11
+
+
+def tiny(attention="block_causal", block_size=4, seed=0, init_std=0.02):
+    torch.manual_seed(seed)
+    kw = {"block_size": block_size} if attention == "block_causal" else {}
+    return Transformer(vocab_size=V, mask_id=MASK, dim=32, n_layers=2, n_heads=4, max_seq_len=64,
+                       attention=attention, attn_backend="sdpa", init_std=init_std, **kw).eval()
+
+
+def same_weights(model, attention, block_size=None):
+    other = tiny(attention, block_size or 1)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def tokens(b=2, n=12, seed=0):
+    return torch.randint(0, MASK, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def noisy(x0, p=0.5, seed=1):
+    u = torch.rand(x0.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.where(u < p, torch.full_like(x0, MASK), x0)
+
+
+def vectorised(model, xt, x0, block_ids, doc_ids=None, positions=None):
+    n = x0.shape[1]
+    positions = torch.arange(n).expand_as(x0) if positions is None else positions
+    return model(torch.cat([xt, x0], 1), positions=torch.cat([positions, positions], 1),
+                 attn_mask=block_diffusion_mask(block_ids, doc_ids))
+
+
+# ---------------------------------------------------------------- mask structure
+def reference_mask(blk, doc):
+    n = len(blk)
+    m = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
+    for q, k in itertools.product(range(2 * n), repeat=2):
+        qc, kc, bq, bk = q >= n, k >= n, blk[q % n], blk[k % n]
+        if doc[q % n] != doc[k % n]:
+            continue
+        m[q, k] = (qc == kc and bq == bk) or (not qc and kc and bk < bq) or (qc and kc and bk <= bq)
+    return m
+
+
+def test_mask_matches_the_three_part_definition_and_never_leaks():
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    doc = document_ids_from_positions(positions)
+    blk = block_ids_fixed(positions, 2)
+    assert doc.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1]] and blk.tolist() == [[0, 0, 1, 1, 2, 0, 0, 1, 1]]
+    m = block_diffusion_mask(blk, doc)[0, 0]
+    assert torch.equal(m, reference_mask(blk[0].tolist(), doc[0].tolist()))
+    n = 9
+    assert not m[n:, :n].any()  # x_0 never attends x_t
+    for q in range(n):  # x_t never attends its own clean block, nor the other document
+        for k in range(n):
+            if blk[0, k] == blk[0, q] or doc[0, k] != doc[0, q]:
+                assert not m[q, n + k]
+    mod = block_diffusion_mask_mod(blk, doc)  # the flex predicate equals the dense mask
+    idx = torch.arange(2 * n)
+    assert torch.equal(mod(torch.zeros((), dtype=torch.long), None, idx[:, None], idx[None, :]), m)
+
+
+@pytest.mark.skipif(not flex_available("cuda"), reason="FlexAttention block masks need CUDA")
+def test_flex_attention_equals_dense_mask():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    positions = torch.cat([torch.arange(96), torch.arange(160)]).expand(2, 256).cuda()
+    doc, blk = document_ids_from_positions(positions), block_ids_fixed(positions, 16)
+    q, k, v = (torch.randn(2, 4, 512, 32, device="cuda") for _ in range(3))
+    out = flex_attention(q, k, v, block_mask=flex_block_diffusion_mask(blk, doc))
+    ref = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=block_diffusion_mask(blk, doc))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- vectorised pass (research C1, C3)
+@torch.no_grad()
+def test_vectorised_pass_equals_per_block_passes():
+    bs, n = 4, 12
+    model, x0 = tiny(block_size=bs), tokens(n=n)
+    xt = noisy(x0)
+    got = vectorised(model, xt, x0, block_ids_fixed(n, bs).expand_as(x0))[:, :n]
+    for b in range(n // bs):
+        s, e = b * bs, (b + 1) * bs
+        ref = model(torch.cat([x0[:, :s], xt[:, s:e]], 1))  # default block-causal mask
+        torch.testing.assert_close(got[:, s:e], ref[:, s:e], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_packed_documents_equal_each_document_alone():
+    bs = 4
+    model, x0 = tiny(block_size=bs), tokens(n=16)
+    xt = noisy(x0)
+    positions = torch.cat([torch.arange(8), torch.arange(8)]).expand_as(x0)
+    _, blk, doc = block_layout({"input_ids": x0, "positions": positions}, block_size=bs)
+    packed = vectorised(model, xt, x0, blk, doc, positions)
+    for s in (0, 8):
+        alone = vectorised(model, xt[:, s:s + 8], x0[:, s:s + 8], block_ids_fixed(8, bs).expand(2, 8))
+        torch.testing.assert_close(packed[:, s:s + 8], alone[:, :8], atol=1e-5, rtol=0)  # x_t half
+        torch.testing.assert_close(packed[:, 16 + s:24 + s], alone[:, 8:], atol=1e-5, rtol=0)  # x_0 half
+
+
+@torch.no_grad()
+def test_block_size_one_clean_stream_is_causal_and_block_size_n_noisy_stream_is_bidirectional():
+    n = 8
+    x0 = tokens(n=n)
+    xt = noisy(x0)
+    model = tiny(block_size=1)
+    clean = vectorised(model, xt, x0, block_ids_fixed(n, 1).expand_as(x0))[:, n:]
+    torch.testing.assert_close(clean, same_weights(model, "causal")(x0), atol=1e-5, rtol=0)
+    model = tiny(block_size=n)
+    noisy_half = vectorised(model, xt, x0, block_ids_fixed(n, n).expand_as(x0))[:, :n]
+    torch.testing.assert_close(noisy_half, same_weights(model, "bidirectional")(xt), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- loss identities (research C6, C7)
+class BlockOracle(nn.Module):
+    """Knows x0: output j puts all mass on x0[j] (or x0[j + 1] when ``shifted``), in both halves."""
+
+    time_conditioned = False
+
+    def __init__(self, x0, shifted=False):
+        super().__init__()
+        self.x0, self.shifted, self.mask_id, self.vocab_size = x0, shifted, MASK, V
+        self.calls = []
+
+    def forward(self, inputs, t=None, **kw):
+        self.calls.append(inputs)
+        target = torch.cat([self.x0, self.x0], 1)
+        if self.shifted:
+            target = torch.roll(target, -1, dims=1)
+        return torch.full((*inputs.shape, V), -1e4).scatter(-1, target[..., None], 1e4)
+
+
+class Uniform(nn.Module):
+    """Uniform over the first K tokens: every masked target costs log K."""
+
+    time_conditioned = False
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.mask_id, self.vocab_size = k, MASK, V
+        self.calls = []
+
+    def forward(self, inputs, t=None, **kw):
+        self.calls.append(inputs)
+        logits = torch.full((*inputs.shape, V), float("-inf"))
+        logits[..., : self.k] = 0.0
+        return logits
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("sizes", [None, [1, 3, 5]])
+def test_oracle_denoiser_gives_exactly_zero_loss(shift, sizes):
+    x0 = tokens(b=4, n=16)
+    positions = torch.cat([torch.arange(7), torch.arange(9)]).expand_as(x0)
+    loss = BlockDiffusionLoss(block_size=4, block_sizes=sizes, shift_logits=shift)
+    for seed in range(3):
+        out = loss(BlockOracle(x0, shift), {"input_ids": x0, "positions": positions}, torch.Generator().manual_seed(seed))
+        assert out.loss.item() == 0.0 and out.metrics["mask_rate"] > 0
+        assert out.num_tokens.item() == (4 * 14 if shift else 64)  # shift: document starts are not targets
+
+
+def test_uniform_denoiser_costs_log_k_per_target():
+    x0 = tokens(b=8, n=16) % 3
+    model = Uniform(3)
+    # t forced to ~1: everything masked, weight 1 -> exactly log K per target token
+    out = BlockDiffusionLoss(t_min=1 - 1e-7, t_max=1.0)(model, {"input_ids": x0}, torch.Generator().manual_seed(0))
+    assert out.metrics["mask_rate"].item() == 1.0 and out.loss.item() == pytest.approx(math.log(3), rel=1e-5)
+    # linear schedule: w(t) E[#masked | t] = n for every t, so even a clipped interval is unbiased here
+    loss = BlockDiffusionLoss(t_min=0.05, t_max=1.0)
+    vals = torch.tensor([loss(model, {"input_ids": x0}, torch.Generator().manual_seed(s)).loss.item()
+                         for s in range(200)])
+    assert abs(vals.mean() - math.log(3)) < 4 * vals.std() / math.sqrt(len(vals))
+
+
+def test_shift_with_block_size_one_and_t_one_is_the_ar_loss():
+    x0 = tokens(b=3, n=12)
+    model = tiny(block_size=1)
+    causal = same_weights(model, "causal")
+    block = BlockDiffusionLoss(block_size=1, shift_logits=True, t_min=1 - 1e-7)
+    out = block(model, {"input_ids": x0}, torch.Generator().manual_seed(0))
+    ar = AutoregressiveLoss()(causal, {"input_ids": x0})
+    assert out.num_tokens.item() == ar.num_tokens.item() == 3 * 11
+    assert out.loss.item() == pytest.approx(ar.loss.item(), rel=1e-5)
+    out.loss.backward()  # the head is only evaluated at the targets, and gradients flow
+    assert model.lm_head.weight.grad is not None
+
+
+def test_sft_prompt_is_never_masked_nor_counted():
+    x0 = tokens(b=4, n=16)
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:, :6] = True
+    model = Uniform(V - 1)
+    loss = BlockDiffusionLoss(sft=True, t_min=0.5, t_granularity="sequence")
+    for seed in range(5):
+        out = loss(model, {"input_ids": x0, "prompt_mask": prompt}, torch.Generator().manual_seed(seed))
+        xt = model.calls[-1][:, :16]
+        assert torch.equal(xt[prompt], x0[prompt]) and (xt[~prompt] == MASK).any()
+        assert out.num_tokens.item() == 4 * 10
+    hi = BlockDiffusionLoss(sft=True, t_min=1 - 1e-7)
+    out = hi(model, {"input_ids": x0, "prompt_mask": prompt}, torch.Generator().manual_seed(0))
+    assert out.loss.item() == pytest.approx(math.log(V - 1), rel=1e-5)  # normalised by answer tokens
+    with pytest.raises(ConfigError, match="prompt_mask"):
+        hi(model, {"input_ids": x0})
+
+
+def test_per_block_t_gives_each_block_its_own_mask_rate():
+    seg = segment_ids(block_ids_fixed(64, 8).expand(256, 64), torch.zeros(256, 64, dtype=torch.long))
+    g = torch.Generator().manual_seed(0)
+    t_block = BlockDiffusionLoss(block_size=8).sample_times(seg, g)
+    t_seq = BlockDiffusionLoss(block_size=8, t_granularity="sequence").sample_times(seg, g)
+    per_block = t_block.view(256, 8, 8)
+    assert (per_block == per_block[..., :1]).all() and (t_seq == t_seq[:, :1]).all()
+    assert per_block[..., 0].std(-1).mean() > 0.2  # U[0, 1] across blocks: std 0.29
+    # realised mask rates: between-block spread within a row is far above the binomial spread
+    x0 = tokens(b=256, n=64)
+    rates = {}
+    for gran in ("block", "sequence"):
+        model = Uniform(3)
+        BlockDiffusionLoss(block_size=8, t_granularity=gran)(model, {"input_ids": x0}, torch.Generator().manual_seed(1))
+        masked = (model.calls[-1][:, :64] == MASK).float().view(256, 8, 8).mean(-1)
+        rates[gran] = masked.var(-1).mean().item()
+    assert rates["block"] > 3 * rates["sequence"]
+
+
+def test_clipped_interval_is_respected_and_uniform():
+    seg = segment_ids(block_ids_fixed(16, 4).expand(2500, 16), torch.zeros(2500, 16, dtype=torch.long))
+    for sampling in ("antithetic", "uniform"):
+        loss = BlockDiffusionLoss(t_min=0.3, t_max=0.8, t_sampling=sampling)
+        t = loss.sample_times(seg, torch.Generator().manual_seed(0))[:, ::4].flatten()
+        assert t.min() >= 0.3 and t.max() <= 0.8
+        ks = ((t.sort().values - 0.3) / 0.5 - (torch.arange(len(t)) + 0.5) / len(t)).abs().max()
+        assert ks < 1.63 / math.sqrt(len(t))  # Kolmogorov-Smirnov at 1%
+
+
+# ---------------------------------------------------------------- bound (research C7 a, C8)
+@torch.no_grad()
+def test_block_size_one_k_form_bound_is_the_exact_left_to_right_nll():
+    n = 8
+    x0 = tokens(b=2, n=n)
+    model = tiny(block_size=1)
+    exact = torch.zeros(2, dtype=torch.float64)
+    for i in range(n):  # one [MASK] query per position over the clean prefix
+        logits = model(torch.cat([x0[:, :i], torch.full((2, 1), MASK)], 1))[:, -1]
+        exact -= subs_log_probs(logits, MASK).gather(-1, x0[:, i:i + 1]).squeeze(-1).double()
+    mean, var, count = block_nelbo_per_sequence(model, {"input_ids": x0}, block_size=1, num_samples=3,
+                                                generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mean, exact, atol=1e-4, rtol=0)
+    assert var.max() < 1e-10 and count.tolist() == [n, n]
+    # with the shift, the same bound is the AR NLL of the causal model with shared weights
+    ar = -AutoregressiveLoss()(same_weights(model, "causal"), {"input_ids": x0}).nll_sum
+    shifted, _, _ = block_nelbo_per_sequence(model, {"input_ids": x0}, block_size=1, num_samples=1, shift_logits=True)
+    assert shifted.sum().item() == pytest.approx(-ar.item(), rel=1e-5)
+
+
+@torch.no_grad()
+def test_k_form_estimator_is_unbiased_against_enumeration():
+    bs, n = 2, 4
+    x0 = tokens(b=1, n=n) % 4
+    model = tiny(block_size=bs, init_std=0.5)  # peaked, context-dependent conditionals
+    batch = {"input_ids": x0}
+    positions, blk, doc = block_layout(batch, block_size=bs)
+    exact = 0.0
+    for b in range(n // bs):
+        for k in (1, 2):
+            terms = []
+            for subset in itertools.combinations(range(b * bs, (b + 1) * bs), k):
+                masked = torch.zeros_like(x0, dtype=torch.bool)
+                masked[0, list(subset)] = True
+                xt = torch.where(masked, torch.full_like(x0, MASK), x0)
+                terms.append(block_denoise_nll(model, xt, x0, masked, positions=positions, block_ids=blk,
+                                               doc_ids=doc).sum().item())
+            exact += sum(terms) / len(terms) / k
+    rows = {"input_ids": x0.expand(128, n)}  # 128 independent estimates of one sequence's bound
+    mean, var, _ = block_nelbo_per_sequence(model, rows, block_size=bs, num_samples=8,
+                                            generator=torch.Generator().manual_seed(0))
+    assert abs(mean.mean().item() - exact) < 4 * math.sqrt(var.sum().item()) / 128 + 1e-6
+    assert var.max() > 0 and mean.min() > 0
+
+
+def test_mask_exactly_k_per_segment_masks_k_eligible_tokens_per_block():
+    x0 = tokens(b=3, n=12)
+    seg = segment_ids(block_ids_fixed(12, 4).expand(3, 12), torch.zeros(3, 12, dtype=torch.long))
+    eligible = torch.ones_like(x0, dtype=torch.bool)
+    eligible[:, 0] = False
+    k = torch.tensor([[1, 2, 4], [3, 1, 1], [2, 3, 4]])
+    _, masked = mask_exactly_k_per_segment(x0, seg, k, MASK, eligible=eligible,
+                                           generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masked.view(3, 3, 4).sum(-1), k) and not masked[:, 0].any()
+
+
+# ---------------------------------------------------------------- helpers and bad input
+def test_variable_partitions_and_document_restarts():
+    parts = random_block_partition(23, [2, 5], torch.Generator().manual_seed(0))
+    assert sum(parts) == 23 and all(p in (2, 5) for p in parts[:-1])
+    assert block_ids_from_sizes([2, 3]).tolist() == [0, 0, 1, 1, 1]
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]])
+    _, blk, doc = block_layout({"input_ids": positions, "positions": positions}, block_size=2, block_sizes=[2, 3],
+                               generator=torch.Generator().manual_seed(0))
+    assert blk[0, 0] == 0 and blk[0, 3] == 0  # each document's first block starts at its position 0
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match="objective.block_size"):
+        BlockDiffusionLoss(block_size=5)(Uniform(3), {"input_ids": tokens(n=12)})
+    with pytest.raises(ConfigError, match="objective.block_sizes"):
+        BlockDiffusionLoss(block_sizes=[4, 0])
+    with pytest.raises(ConfigError, match="objective.t_min"):
+        BlockDiffusionLoss(t_min=0.5, t_max=0.5)
+    with pytest.raises(ConfigError, match="objective.t_granularity"):
+        BlockDiffusionLoss(t_granularity="token")
+    assert BlockDiffusionLoss.model_kind == "block" and BlockDiffusionLoss.model_attention == "block_causal"
+
+
+def test_eval_ppl_model_dir_scores_a_block_model_with_its_block_nelbo(tmp_path):
+    from dlm.checkpoint import build, save_model_dir
+    from dlm.data.tokenizers.char import CharTokenizer
+    from dlm.eval.model_dir import eval_ppl_model_dir
+
+    tok = CharTokenizer()
+    # max_seq_len 2 x 16: Transformer.forward checks the token count of [x_t ; x_0], not the positions
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": 32, "attention": "block_causal", "block_size": 1, "vocab_size": tok.vocab_size,
+            "mask_id": tok.mask_id}
+    torch.manual_seed(0)
+    path = save_model_dir(tmp_path / "model", model=build(spec), model_spec=spec, tokenizer=tok, kind="block",
+                          schedule_spec={"_target_": "dlm.diffusion.schedule.LogLinearSchedule"},
+                          extra={"block_size": 16, "keep_first_token": True})
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 8)
+    res = eval_ppl_model_dir(path, dataset="t", source=str(text), split="test", batch_size=4, num_samples=2,
+                             device="cpu", cache_dir=tmp_path / "cache")
+    assert res["method"] == "nelbo_bound" and res["diffusion_block_size"] == 1
+    assert res["nll_stderr"] == pytest.approx(0.0, abs=1e-9)  # block size 1: the bound is exact, no variance
+    assert res["tokens"] == res["sequences"] * 15 and res["ppl"] == pytest.approx(math.exp(res["nll"]))

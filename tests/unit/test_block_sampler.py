@@ -1,0 +1,300 @@
+"""Block-by-block decoding with an exact KV cache (research note §2.4, §3.4, checks C2, C9, C10)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mocks import CountingModel, ExactDenoiser, OracleDenoiser, RandomDenoiser
+from torch import Tensor, nn
+
+from dlm.cache.kv import KVCache
+from dlm.errors import ConfigError
+from dlm.models.transformer import Transformer
+from dlm.nn.time_embedding import AdaLNModulation
+from dlm.samplers.block import BlockSampler
+from dlm.samplers.confidence import position_confidence
+from dlm.samplers.reveal import ConfidenceThreshold, EntropyBounded, StaticCount
+
+V, MASK, K = 16, 15, 4
+
+
+class CachedContext(nn.Module):
+    """Block-structured wrapper of a full-canvas mock: the "KV cache" holds the committed token ids.
+
+    A store_cache call appends its tokens (as layer-0 keys (B, 1, n, 1)) and positions; every call
+    evaluates ``inner`` on [cached tokens ; new tokens] (masks appended up to ``pad_to``) and returns
+    the rows of the new tokens. So a sampler's cache bookkeeping (what it prefilled and committed,
+    at which positions) decides what the inner model sees, exactly like a real KV cache.
+    """
+
+    attention = "block_causal"
+    n_layers = 1
+    computes_logits_at = True
+
+    def __init__(self, inner: nn.Module, block_size: int, pad_to: int | None = None) -> None:
+        super().__init__()
+        self.inner, self.block_size, self.pad_to = inner, block_size, pad_to
+        self.vocab_size, self.mask_id = inner.vocab_size, inner.mask_id
+        self.time_conditioned = getattr(inner, "time_conditioned", False)
+
+    def forward(self, tokens: Tensor, t=None, *, positions=None, attn_mask=None, logits_at=None,
+                cache: KVCache | None = None, store_cache: bool = False, return_hidden: bool = False, **_):
+        past = cache.read(0) if cache is not None else None
+        full = tokens if past is None else torch.cat([past[0][:, 0, :, 0].long(), tokens], 1)
+        if cache is not None:
+            expected = torch.arange(full.shape[1])[-tokens.shape[1]:]
+            assert positions is None or torch.equal(positions.cpu(), expected), "positions must follow the cache"
+        if cache is not None and store_cache:
+            cache.append(0, tokens.float()[:, None, :, None], tokens.float()[:, None, :, None])
+            cache.commit_positions(positions)
+        n = full.shape[1]
+        if self.pad_to is not None and n < self.pad_to:
+            full = torch.cat([full, full.new_full((full.shape[0], self.pad_to - n), self.mask_id)], 1)
+        out = self.inner(full, t)[:, n - tokens.shape[1]: n]
+        if return_hidden:
+            return nn.functional.one_hot(tokens, self.vocab_size).float()
+        if logits_at is not None:
+            out = out.gather(1, logits_at[..., None].expand(-1, -1, out.shape[-1]))
+        return out
+
+
+def tiny(seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(vocab_size=V, mask_id=MASK, dim=32, n_layers=2, n_heads=4, max_seq_len=32,
+                       attention="block_causal", block_size=K, init_std=0.5, **kw).eval()
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_cached_block_logits_equal_full_recompute_and_commit_pass_matters():
+    model = tiny()
+    g = gen(1)
+    prefix = torch.randint(0, MASK, (2, 2 * K), generator=g)
+    clean = torch.randint(0, MASK, (2, K), generator=g)
+    noisy = torch.where(torch.rand(2, K, generator=g) < 0.5, torch.full_like(clean, MASK), clean)
+    noisy[:, 0] = MASK
+    full = model(torch.cat([prefix, noisy], 1))[:, -K:]
+    cache = KVCache(model.n_layers)
+    model(prefix, cache=cache, store_cache=True)
+    # the sampler's decode call: the block sees every cached key and itself (explicit all-True mask)
+    got = model(noisy, positions=torch.arange(2 * K, 3 * K), attn_mask=torch.ones(K, 3 * K, dtype=torch.bool),
+                cache=cache)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    assert cache.length == 2 * K
+
+    # negative control: block 1's K/V taken from its last denoising step (a [MASK] input) instead of a commit pass
+    nxt = torch.full((2, K), MASK)
+    truth = model(torch.cat([prefix[:, :K], clean, nxt], 1))[:, -K:]
+    stale, exact = KVCache(model.n_layers), KVCache(model.n_layers)
+    for c, blk in ((stale, noisy), (exact, clean)):
+        model(prefix[:, :K], cache=c, store_cache=True)
+        model(blk, cache=c, store_cache=True)
+    torch.testing.assert_close(model(nxt, cache=exact), truth, atol=1e-5, rtol=0)
+    assert (model(nxt, cache=stale) - truth).abs().max() > 1e-3
+
+
+def test_cache_and_nocache_give_identical_samples():
+    model = tiny(2)
+    prompt = torch.randint(0, MASK, (3, 5), generator=gen(4))  # partial prompt block: [4, 8) shares it
+    kw = dict(batch_size=3, length=18, prompt=prompt)
+    a = BlockSampler()(model, **kw, generator=gen(7))
+    b = BlockSampler(use_cache=False)(model, **kw, generator=gen(7))
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.tokens[:, :5], prompt) and not (a.tokens == MASK).any()
+    # blocks [4,8) [8,12) [12,16) [16,18): prefill of block 0, commit passes after all but the last block
+    assert a.info["prefill"] == 1 and a.info["commit_passes"] == 3
+    assert a.nfe == b.nfe + 1 + 3
+    assert b.nfe == 3 + 4 + 4 + 2  # one token per call; prompt tokens need none
+
+
+def test_time_conditioned_cache_equals_nocache():
+    model = tiny(3, time_conditioned=True)
+    for m in model.modules():  # adaLN starts at zero: make time actually matter
+        if isinstance(m, AdaLNModulation):
+            nn.init.normal_(m.linear.weight, std=0.002)
+    kw = dict(batch_size=2, length=12, prompt=torch.tensor([1, 2, 3, 4, 5, 6]))
+    a = BlockSampler(num_steps=2)(model, **kw, generator=gen(0)).tokens
+    b = BlockSampler(num_steps=2, use_cache=False)(model, **kw, generator=gen(0)).tokens
+    assert torch.equal(a, b)
+
+
+def test_threshold_one_equals_static_one_token_per_step():
+    model = tiny(5)
+    kw = dict(batch_size=4, length=16, prompt=torch.tensor([3, 1, 4]))
+    a = BlockSampler(num_steps=K, policy=ConfidenceThreshold(1.0))(model, **kw, generator=gen(2))
+    b = BlockSampler(num_steps=K, policy=StaticCount())(model, **kw, generator=gen(2))
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe
+
+
+class CallLog:
+    """Records the first position of every network call of a wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.starts = model, []
+        for name in ("vocab_size", "mask_id", "time_conditioned", "attention", "block_size", "n_layers",
+                     "max_seq_len", "computes_logits_at"):
+            setattr(self, name, getattr(model, name))
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, tokens, t=None, **kw):
+        self.starts.append(int(kw["positions"][0]) if kw.get("cache") is not None else -1)
+        return self.model(tokens, t, **kw)
+
+
+@pytest.mark.parametrize("policy,steps", [(ConfidenceThreshold(0.3), 2), (StaticCount(), 3),
+                                          (EntropyBounded(1.5), 2)])
+def test_commit_invariants(policy, steps):
+    model = CallLog(tiny(6))
+    order = "entropy" if isinstance(policy, EntropyBounded) else "max_prob"
+    s = BlockSampler(num_steps=steps, policy=policy, order=order, record_trajectory=True)
+    out = s(model, batch_size=3, length=16, prompt=torch.tensor([1, 2]), generator=gen(0))
+    frames = [torch.cat([torch.tensor([1, 2]), torch.full((14,), MASK)]).expand(3, -1)] + out.trajectory
+    for prev, cur in zip(frames, frames[1:], strict=False):
+        kept = prev != MASK
+        assert torch.equal(cur[kept], prev[kept]), "committed tokens never change"
+        newly = (prev == MASK) & (cur != MASK)
+        blocks = newly.nonzero()[:, 1] // K
+        assert blocks.numel() and (blocks == blocks[0]).all(), "a step commits inside one block"
+        span = slice(int(blocks[0]) * K, int(blocks[0]) * K + K)
+        waiting = (prev[:, span] == MASK).any(-1)
+        assert newly[waiting].any(-1).all(), "every row with masks in the block commits at least one per step"
+    assert len(out.trajectory) == out.nfe - out.info["commit_passes"] - out.info["prefill"]
+    calls_per_block = torch.bincount(torch.tensor(model.starts) // K, minlength=4)
+    assert (calls_per_block <= steps + 1).all()
+    assert not (out.tokens == MASK).any()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(policy=ConfidenceThreshold(0.9)), dict(first_hitting=True),
+                                dict(policy=EntropyBounded(0.5), order="entropy"), dict(order="random"),
+                                dict(num_steps=1), dict(use_cache=False), dict(temperature=0.0, top_p=0.5)])
+def test_oracle_reproduced_with_any_policy(kw):
+    x0 = torch.randint(0, MASK, (3, 14), generator=gen(9))
+    model = CountingModel(OracleDenoiser(x0, V, MASK))
+    wrapped = CachedContext(model, block_size=K)
+    a = BlockSampler(**kw)(wrapped, batch_size=3, length=14, prompt=x0[:, :6], generator=gen(1))
+    b = BlockSampler(**kw)(wrapped, batch_size=3, length=14, prompt=x0[:, :6], generator=gen(1))
+    assert torch.equal(a.tokens, x0) and torch.equal(a.tokens, b.tokens)
+    assert a.nfe == model.calls / 2
+
+
+def test_random_mock_same_generator_and_prompt_kept():
+    model = CachedContext(RandomDenoiser(12, 5, 4, seed=3), block_size=3)
+    s = BlockSampler(policy=ConfidenceThreshold(0.5))
+    a = s(model, batch_size=4, length=12, prompt=torch.tensor([0, 1, 2, 3, 0]), generator=gen(3)).tokens
+    b = s(model, batch_size=4, length=12, prompt=torch.tensor([0, 1, 2, 3, 0]), generator=gen(3)).tokens
+    c = s(model, batch_size=4, length=12, prompt=torch.tensor([0, 1, 2, 3, 0]), generator=gen(4)).tokens
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, :5], torch.tensor([0, 1, 2, 3, 0]).expand(4, -1)) and not (a == 4).any()
+
+
+def joint_with_block_dependence() -> Tensor:
+    """A joint over 3^4 sequences with strong within-block dependence (x0 ~ x1, x2 ~ x3) and across blocks."""
+    g = gen(0)
+    p = torch.rand(3, 3, 3, 3, generator=g, dtype=torch.float64) + 0.05
+    eye = torch.eye(3, dtype=torch.float64)
+    p = p * (1 + 6 * eye[:, :, None, None]) * (1 + 6 * eye[None, None]) * (1 + 2 * eye[:, None, :, None])
+    return p / p.sum()
+
+
+def total_variation(tokens: Tensor, joint: Tensor) -> float:
+    idx = ((tokens * torch.tensor([27, 9, 3, 1])).sum(-1))
+    emp = torch.bincount(idx, minlength=81).double() / tokens.shape[0]
+    return 0.5 * float((emp - joint.reshape(-1)).abs().sum())
+
+
+@pytest.mark.parametrize("kw", [dict(first_hitting=True), dict(order="random", num_steps=2),
+                                dict(order="random", num_steps=2, use_cache=False)])
+def test_exact_law_on_enumerable_problem(kw):
+    joint = joint_with_block_dependence()
+    model = CachedContext(ExactDenoiser(joint), block_size=2, pad_to=4)
+    out = BlockSampler(**kw)(model, batch_size=20000, length=4, generator=gen(11))
+    assert total_variation(out.tokens, joint) < 0.05
+
+
+def test_one_step_per_block_is_not_the_joint():
+    joint = joint_with_block_dependence()
+    model = CachedContext(ExactDenoiser(joint), block_size=2, pad_to=4)
+    out = BlockSampler(num_steps=1)(model, batch_size=20000, length=4, generator=gen(11))
+    assert total_variation(out.tokens, joint) > 0.15
+
+
+def test_eos_ends_rows_and_fills_the_rest():
+    eos, length = 0, 16
+    x0 = torch.randint(1, MASK, (2, length), generator=gen(2))
+    x0[0, 6], x0[1, 9] = eos, eos
+    model = CountingModel(OracleDenoiser(x0, V, MASK))
+    out = BlockSampler(eos_id=eos)(CachedContext(model, block_size=K), batch_size=2, length=length, generator=gen(0))
+    assert torch.equal(out.tokens[0, :7], x0[0, :7]) and (out.tokens[0, 7:] == eos).all()
+    assert torch.equal(out.tokens[1, :10], x0[1, :10]) and (out.tokens[1, 10:] == eos).all()
+    assert out.info["lengths"].tolist() == [7, 10]
+    assert out.info["block_spans"] == [(0, 4), (4, 8), (8, 12)]  # block [12, 16) never decoded
+    assert out.nfe <= 4 + 1 + 4 + 1 + 4 and out.nfe == model.calls
+    free = BlockSampler(eos_id=eos, stop_at_eos=False)(CachedContext(model, block_size=K), batch_size=2,
+                                                        length=length, generator=gen(0))
+    assert torch.equal(free.tokens, x0) and free.info["lengths"].tolist() == [16, 16]
+
+
+def test_entropy_bounded_commits_lowest_entropy_prefix():
+    entropy = torch.tensor([[0.1, 0.5, 0.05, 2.0, 0.0]])
+    masked = torch.tensor([[True, True, True, True, False]])
+    commit = EntropyBounded(0.2)(-entropy, masked, 0, 4)
+    assert commit.tolist() == [[True, False, True, False, False]]
+    assert EntropyBounded(0.01)(-entropy, masked, 0, 4).tolist() == [[False, False, True, False, False]]
+    assert EntropyBounded(0.01)(-entropy, masked, 3, 4).tolist() == [masked[0].tolist()]
+    # order="entropy" scores a position by its own distribution: -H = sum p log p
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    conf = position_confidence(p.log(), torch.zeros(2, dtype=torch.long), "entropy")
+    torch.testing.assert_close(conf, torch.tensor([-0.6931472, 0.0]))
+
+
+class FixedSizes:
+    def __init__(self, sizes):
+        self.sizes, self.seen = list(sizes), []
+
+    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor) -> int:
+        self.seen.append((hidden.shape, probe_entropy.shape))
+        return self.sizes[(len(self.seen) - 1) % len(self.sizes)]
+
+
+def test_block_size_policy_records_decisions_and_costs_probes():
+    model = tiny(8)
+    prompt = torch.tensor([1, 2, 3, 4, 5])
+    fixed = BlockSampler()(model, batch_size=2, length=20, prompt=prompt, generator=gen(5))
+    same = BlockSampler(block_size_policy=FixedSizes([K]))(model, batch_size=2, length=20, prompt=prompt,
+                                                           generator=gen(5))
+    assert torch.equal(fixed.tokens, same.tokens), "a constant policy = fixed blocks (the probe draws nothing)"
+    assert same.nfe == fixed.nfe + same.info["probes"] and same.info["probes"] == len(same.info["block_sizes"])
+    policy = FixedSizes([2, 3])
+    out = BlockSampler(block_size_policy=policy)(model, batch_size=2, length=20, prompt=prompt, generator=gen(5))
+    assert out.info["block_sizes"][:3] == [2, 3, 2] and len(out.info["policy_features"]) == len(policy.seen)
+    assert policy.seen[0] == (torch.Size([2, 32]), torch.Size([2]))
+    assert out.info["block_spans"][:2] == [(4, 6), (6, 9)] and not (out.tokens == MASK).any()
+    x0 = torch.randint(0, MASK, (2, 20), generator=gen(6))
+    oracle = CachedContext(OracleDenoiser(x0, V, MASK), block_size=K)
+    got = BlockSampler(block_size_policy=FixedSizes([3, 1, 5]))(oracle, batch_size=2, length=20, prompt=x0[:, :9])
+    assert torch.equal(got.tokens, x0)
+
+
+def test_validation_names_the_key():
+    bidir = RandomDenoiser(8, 5, 4)
+    with pytest.raises(ConfigError, match="sampler.block_size"):
+        BlockSampler()(bidir, batch_size=1, length=8)
+    model = tiny()
+    with pytest.raises(ConfigError, match="prompt length 9 exceeds length=8"):
+        BlockSampler()(model, batch_size=1, length=8, prompt=torch.zeros(9, dtype=torch.long))
+    with pytest.raises(ConfigError, match="length=40 exceeds model.max_seq_len=32.*NTK"):
+        BlockSampler()(model, batch_size=1, length=40)
+    with pytest.raises(ConfigError, match="nothing to generate"):
+        BlockSampler()(model, batch_size=1, length=4, prompt=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="threshold"):
+        BlockSampler(policy=ConfidenceThreshold(0.0))
+    with pytest.raises(ConfigError, match="sampler.num_steps"):
+        BlockSampler(num_steps=0)
+    with pytest.raises(ConfigError, match="sampler.order=entropy"):
+        BlockSampler(policy=EntropyBounded(1.0))
+    with pytest.raises(ConfigError, match="use_cache"):
+        BlockSampler(use_cache=False, block_size_policy=FixedSizes([2]))
