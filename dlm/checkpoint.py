@@ -74,7 +74,12 @@ def save_model_dir(
     try:
         meta = {"model": model_spec, "kind": kind, "schedule": schedule_spec, **(extra or {})}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state, seen = {}, set()
+        for k, v in model.state_dict().items():
+            if v.data_ptr() in seen:  # a tied weight (lm_head = embed_tokens) is stored once
+                continue
+            seen.add(v.data_ptr())
+            state[k] = v.detach().contiguous().cpu()
         save_file(state, str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer")
         if config_yaml is not None:
@@ -86,6 +91,17 @@ def save_model_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _tied_aliases(model: nn.Module) -> set[str]:
+    """Names of parameters that are the same tensor as an earlier-named one (stored once on disk)."""
+    first: dict[int, str] = {}
+    aliases = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.add(name)
+        first.setdefault(id(p), name)
+    return aliases
 
 
 def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -108,6 +124,7 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> L
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{path / 'model.safetensors'} is corrupt or truncated: {e}") from e
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in _tied_aliases(model)]
     if missing or unexpected:
         raise CheckpointError(f"{path / 'model.safetensors'} does not match model.json: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -87,6 +87,15 @@ def eval_gen(cfg: DictConfig) -> None:
                               device=cfg.device, out=cfg.out))
 
 
+@hydra.main(config_path=CONF_DIR + "/eval", config_name="convert", version_base="1.3")
+def convert(cfg: DictConfig) -> None:
+    """dlm-convert src=<HF causal-LM dir or dlm model dir> dst=<dir> [attention=block_causal block_size=4]"""
+    from dlm.convert.hf import convert as run_convert
+
+    _print_json(run_convert(str(cfg.src), str(cfg.dst), direction=cfg.direction, attention=cfg.attention,
+                            block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="demo", version_base="1.3")
 def demo(cfg: DictConfig) -> None:
     """dlm-demo: RADD vs AR on the embedded corpus, both evaluated and sampled."""

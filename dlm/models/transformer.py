@@ -342,11 +342,15 @@ class Transformer(nn.Module):
         if cache is not None and store_cache:
             cache.commit_positions(positions if positions.dim() == 1 else positions[0])
         h = self.norm(x)
+        mods = self.final_modulation(c) if self.final_modulation is not None and c is not None else None
         if logits_at is not None:
             # samplers draw few positions per call; the V-wide head is most of a small model's cost
-            h = h.gather(1, logits_at[..., None].expand(-1, -1, h.shape[-1]))
-        if self.final_modulation is not None and c is not None:
-            h = modulate(h, *self.final_modulation(c))
+            idx = logits_at[..., None].expand(-1, -1, h.shape[-1])
+            h = h.gather(1, idx)
+            if mods is not None and mods[0].shape[1] > 1:  # per-token t: keep the rows that were kept
+                mods = tuple(m.gather(1, idx) for m in mods)
+        if mods is not None:
+            h = modulate(h, *mods)
         if return_hidden:
             return h
         return self.lm_head(h)

@@ -243,8 +243,7 @@ class _Run:
             t_full = torch.zeros(b, end, device=device)
             t_full[:, start:] = t[:, None]
         kw = dict(positions=torch.arange(end, device=device), attn_mask=block_causal(end, self.block_size, device))
-        # per-token t gives an (B, end)-wide final modulation that logits_at's gathered rows would not match
-        if getattr(self.model, "computes_logits_at", False) and t_full is None:
+        if getattr(self.model, "computes_logits_at", False):
             at = torch.arange(start, end, device=device).expand(b, -1)
             return self.model(self.x[:, :end], t_full, logits_at=at, **kw)
         return self.model(self.x[:, :end], t_full, **kw)[:, start:end]

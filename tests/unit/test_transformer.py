@@ -218,3 +218,14 @@ def test_matches_hf_causal_lm_exactly(family):
     x = ids(L=12)
     with torch.no_grad():
         assert torch.equal(ours(x), hf(x).logits)
+
+
+def test_logits_at_with_per_token_time_matches_full_logits():
+    torch.manual_seed(0)
+    m = Transformer(vocab_size=20, mask_id=19, dim=32, n_layers=1, n_heads=4, time_conditioned=True,
+                    cond_dim=16).eval()
+    torch.nn.init.normal_(m.final_modulation.linear.weight)  # non-zero final modulation
+    x, at = torch.randint(0, 19, (2, 8)), torch.tensor([[1, 5], [0, 7]])
+    for t in (torch.rand(2, 8), torch.rand(2)):
+        full = m(x, t).gather(1, at[..., None].expand(-1, -1, 20))
+        torch.testing.assert_close(m(x, t, logits_at=at), full)

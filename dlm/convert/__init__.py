@@ -1,0 +1,1 @@
+"""Checkpoint conversion between dlm model directories and other formats."""

@@ -1,0 +1,241 @@
+"""Hugging Face causal-LM checkpoints (Llama, Qwen2, Qwen3) <-> dlm model directories.
+
+dlm's ``Transformer`` uses the HF module names (``embed_tokens``, ``layers.{i}.self_attn.q_proj``,
+``mlp.gate_proj``, ``norm``, ``lm_head``), so a family is a config translation plus a weight-name
+map (HF nests the body under ``model.``). In ``attention="causal"`` the converted model computes
+the HF model's logits; ``attention="block_causal"`` reuses the same weights as a block-diffusion
+model (SDAR: no new parameters, no time input).
+
+Mask token: absorbing diffusion needs one. When the checkpoint's embedding has spare rows beyond
+the tokenizer (Qwen3: 151,936 rows for 151,669 tokens) the first spare row, id len(tokenizer),
+becomes [MASK] (as SDAR does); otherwise the embedding and head grow by one row, initialised to
+the mean row (a neutral start for a token the model has never seen).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlm.checkpoint import load_model_dir, save_model_dir
+from dlm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    """What distinguishes a family: its HF architecture class and the flags of our backbone."""
+
+    architecture: str
+    qkv_bias: bool
+    qk_norm: bool
+    renames: tuple[tuple[str, str], ...] = ()  # (hf name fragment, dlm name fragment) beyond the prefix
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("LlamaForCausalLM", qkv_bias=False, qk_norm=False),
+    "qwen2": Family("Qwen2ForCausalLM", qkv_bias=True, qk_norm=False),
+    "qwen3": Family("Qwen3ForCausalLM", qkv_bias=False, qk_norm=True),
+}
+SCHEDULE = {"_target_": "dlm.diffusion.schedule.LogLinearSchedule"}  # the default of objective=block
+
+
+def _family(model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        extra = (" GPT-2 uses learned absolute position embeddings, which the RoPE backbone does not have."
+                 if model_type == "gpt2" else "")
+        raise ConfigError(f"unsupported checkpoint family model_type={model_type!r}; supported: "
+                          f"{', '.join(FAMILIES)}.{extra}")
+    return FAMILIES[model_type]
+
+
+def _check_semantics(cfg) -> None:
+    """Refuse configs whose maths the backbone does not implement (silently wrong logits otherwise)."""
+    scaling = getattr(cfg, "rope_scaling", None)
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
+        raise ConfigError(f"rope_scaling={scaling} is not supported by the converter; dlm extends context with "
+                          "its own NTK scaling (model.rope_scaling) after conversion")
+    if getattr(cfg, "use_sliding_window", False):
+        raise ConfigError("use_sliding_window=true is not supported: dlm attends over the whole context")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ConfigError("attention_bias / mlp_bias in a Llama config are not supported by the converter")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act={cfg.hidden_act!r}: the backbone's MLP is SwiGLU (silu)")
+
+
+def model_kwargs_from_hf(cfg) -> dict:
+    """Transformer keyword arguments from a HF config (vocab_size / mask_id set by the caller)."""
+    fam = _family(cfg.model_type)
+    _check_semantics(cfg)
+    return {
+        "_target_": "dlm.models.transformer.Transformer",
+        "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
+        "n_kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        "ffn_dim": cfg.intermediate_size, "max_seq_len": cfg.max_position_embeddings,
+        "rope_theta": float(getattr(cfg, "rope_theta", None) or (cfg.rope_parameters or {}).get("rope_theta", 1e4)),
+        "norm_eps": cfg.rms_norm_eps, "tie_embeddings": bool(cfg.tie_word_embeddings),
+        "qkv_bias": fam.qkv_bias, "qk_norm": fam.qk_norm, "time_conditioned": False,
+    }
+
+
+def state_hf_to_dlm(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """HF names -> dlm names: drop the ``model.`` prefix, apply the family's renames."""
+    fam = _family(model_type)
+    out = {}
+    for name, w in state.items():
+        if "rotary_emb" in name:  # derived buffers, recomputed by the backbone
+            continue
+        new = name.removeprefix("model.")
+        for hf_part, dlm_part in fam.renames:
+            new = new.replace(hf_part, dlm_part)
+        out[new] = w
+    return out
+
+
+def state_dlm_to_hf(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """The inverse of ``state_hf_to_dlm``."""
+    fam = _family(model_type)
+    out = {}
+    for name, w in state.items():
+        new = name
+        for hf_part, dlm_part in fam.renames:
+            new = new.replace(dlm_part, hf_part)
+        out[new if new.startswith("lm_head") else f"model.{new}"] = w
+    return out
+
+
+def _load_tokenizer(src: Path):
+    from dlm.data.tokenizer import load_tokenizer
+    from dlm.data.tokenizers.hf import HFTokenizer
+
+    if (src / "dlm_tokenizer").is_dir():  # written by dlm_to_hf for a dlm (non-HF) tokenizer
+        return load_tokenizer(src / "dlm_tokenizer")
+    if not any((src / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise ConfigError(f"{src} has no tokenizer files (tokenizer.json / tokenizer_config.json); the converted "
+                          "model needs its tokenizer")
+    return HFTokenizer(str(src))
+
+
+def _grow(w: torch.Tensor) -> torch.Tensor:
+    return torch.cat([w, w.mean(0, keepdim=True)], dim=0)
+
+
+def hf_to_dlm(src: str | Path, dst: str | Path, *, attention: str = "causal", block_size: int | None = None,
+              mask_id: int | None = None) -> dict:
+    """Convert a local HF causal-LM directory into a dlm model directory; returns a summary dict."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    start, src = time.perf_counter(), Path(src)
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"src={src} is not a Hugging Face model directory (no config.json)")
+    cfg = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    kwargs = model_kwargs_from_hf(cfg)
+    tokenizer = _load_tokenizer(src)
+    if attention not in ("causal", "block_causal", "bidirectional"):
+        raise ConfigError(f"attention={attention!r}; choose causal, block_causal or bidirectional")
+    if attention == "block_causal":
+        if not block_size or block_size < 1:
+            raise ConfigError("attention=block_causal needs block_size=<tokens per block> (SDAR uses 4)")
+        if kwargs["max_seq_len"] % block_size:
+            raise ConfigError(f"block_size={block_size} does not divide the context max_position_embeddings="
+                              f"{kwargs['max_seq_len']}; pick a divisor such as 4")
+    hf = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=torch.float32)
+    state = state_hf_to_dlm(hf.state_dict(), cfg.model_type)
+    vocab = cfg.vocab_size
+    mask_id = tokenizer.mask_id if mask_id is None else int(mask_id)
+    resized = False
+    if mask_id == vocab:  # no spare row: grow embedding (and an untied head) by one mean row
+        state["embed_tokens.weight"] = _grow(state["embed_tokens.weight"])
+        if not kwargs["tie_embeddings"]:
+            state["lm_head.weight"] = _grow(state["lm_head.weight"])
+        vocab, resized = vocab + 1, True
+    elif not 0 <= mask_id < vocab:
+        raise ConfigError(f"mask_id={mask_id} lies outside the vocabulary [0, {vocab}); use an unused row or "
+                          f"leave mask_id unset to append one")
+    if kwargs["tie_embeddings"]:
+        state.pop("lm_head.weight", None)
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    kwargs.update(vocab_size=vocab, mask_id=mask_id, attention=attention,
+                  block_size=block_size if attention == "block_causal" else None)
+    from dlm.checkpoint import build
+
+    model = build(kwargs)
+    model.load_state_dict(state)
+    kind = {"causal": "ar", "block_causal": "block"}.get(attention, "diffusion")
+    save_model_dir(dst, model=model, model_spec=kwargs, tokenizer=tokenizer, kind=kind,
+                   schedule_spec=None if kind == "ar" else SCHEDULE,
+                   extra={"keep_first_token": False, "converted_from": {"path": str(src), "model_type": cfg.model_type}})
+    return {"src": str(src), "dst": str(dst), "direction": "to_dlm", "model_type": cfg.model_type, "mask_id": mask_id,
+            "vocab_size": vocab, "resized": resized, "kind": kind, "seconds": time.perf_counter() - start}
+
+
+def hf_config_from_model(model, model_type: str, tokenizer):
+    """A HF config for a dlm Transformer (the inverse of ``model_kwargs_from_hf``)."""
+    from transformers import AutoConfig
+
+    fam = _family(model_type)
+    if getattr(model, "time_conditioned", False) or getattr(model, "rope_scaling", None) is not None:
+        raise ConfigError("a time-conditioned or RoPE-scaled dlm model has no Hugging Face causal-LM equivalent")
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    if (attn.q_norm is not None) != fam.qk_norm or (attn.q_proj.bias is not None) != fam.qkv_bias:
+        raise ConfigError(f"model_type={model_type} does not match this model (qk_norm="
+                          f"{attn.q_norm is not None}, qkv_bias={attn.q_proj.bias is not None}); leave model_type unset")
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=model.vocab_size, hidden_size=model.dim, num_hidden_layers=model.n_layers,
+        num_attention_heads=attn.n_heads, num_key_value_heads=attn.n_kv_heads, head_dim=model.head_dim,
+        intermediate_size=mlp.gate_proj.out_features, max_position_embeddings=model.max_seq_len,
+        rope_theta=model.rope_theta, rms_norm_eps=model.norm.eps,
+        tie_word_embeddings=model.lm_head.weight is model.embed_tokens.weight,
+        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+        architectures=[fam.architecture], torch_dtype="float32")
+    cfg.mask_token_id = model.mask_id
+    return cfg
+
+
+def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None) -> dict:
+    """Write a dlm model directory as a HF causal-LM directory (config.json + model.safetensors)."""
+    from transformers import AutoModelForCausalLM
+
+    from dlm.data.tokenizers.hf import HFTokenizer
+
+    start, dst = time.perf_counter(), Path(dst)
+    loaded = load_model_dir(src)
+    model = loaded.model
+    attn = model.layers[0].self_attn
+    model_type = model_type or ("qwen3" if attn.q_norm is not None else "qwen2" if attn.q_proj.bias is not None
+                                else "llama")
+    cfg = hf_config_from_model(model, model_type, loaded.tokenizer)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    state = state_dlm_to_hf(model.state_dict(), model_type)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "rotary_emb" not in m and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ConfigError(f"weights do not map onto {model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    dst.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(dst))
+    if isinstance(loaded.tokenizer, HFTokenizer):
+        loaded.tokenizer._hf.save_pretrained(str(dst))
+    else:  # a dlm tokenizer (characters, DNA, ...): kept beside the weights; AutoTokenizer cannot read it
+        loaded.tokenizer.save(dst / "dlm_tokenizer")
+    (dst / "dlm_conversion.json").write_text(json.dumps({"from": str(src), "mask_id": model.mask_id,
+                                                         "kind": loaded.kind}, indent=2))
+    return {"src": str(src), "dst": str(dst), "direction": "to_hf", "model_type": model_type,
+            "mask_id": model.mask_id, "vocab_size": model.vocab_size, "resized": False,
+            "seconds": time.perf_counter() - start}
+
+
+def convert(src: str, dst: str, *, direction: str | None = None, attention: str = "causal",
+            block_size: int | None = None, mask_id: int | None = None, model_type: str | None = None) -> dict:
+    """Either direction; ``direction`` defaults from what ``src`` holds (config.json vs model.json)."""
+    path = Path(src)
+    if direction is None:
+        direction = "to_hf" if (path / "model.json").is_file() else "to_dlm"
+    if direction == "to_dlm":
+        return hf_to_dlm(src, dst, attention=attention, block_size=block_size, mask_id=mask_id)
+    if direction == "to_hf":
+        return dlm_to_hf(src, dst, model_type=model_type)
+    raise ConfigError(f"direction={direction!r}; choose to_dlm or to_hf")

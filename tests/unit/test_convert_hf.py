@@ -1,0 +1,139 @@
+"""dlm-convert: HF Llama / Qwen2 / Qwen3 directories <-> dlm model directories, offline, tiny random models.
+
+Parity is the point: a converted model in causal mode computes the HF logits (fp32, atol 1e-4),
+the round trip is exact, and the mask token lands on a spare row or a new mean row."""
+
+import json
+
+import pytest
+import torch
+
+from dlm.checkpoint import load_model_dir
+from dlm.convert.hf import convert, dlm_to_hf, hf_to_dlm
+from dlm.errors import ConfigError
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16, "tie_word_embeddings": True}),
+}
+
+
+def hf_dir(tmp_path, family: str, *, spare_rows: int = 6, max_pos: int = 64):
+    """A random-init HF causal LM + a word-level fast tokenizer, saved offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    cfg_name, model_name, extra = FAMILIES[family]
+    rust = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a"))
+    rust.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<s>", eos_token="</s>",
+                                               unk_token="a")
+    config = getattr(transformers, cfg_name)(
+        vocab_size=len(WORDS) + spare_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos, rms_norm_eps=1e-6,
+        rope_theta=1e4, bos_token_id=0, eos_token_id=1, **({"tie_word_embeddings": False} | extra))
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).eval()
+    path = tmp_path / f"hf_{family}_{spare_rows}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_converted_model_matches_hf_logits(tmp_path, family):
+    src, hf = hf_dir(tmp_path, family)
+    out = hf_to_dlm(src, tmp_path / "dlm")
+    n_tok = len(transformers.AutoTokenizer.from_pretrained(src))  # some families add special tokens
+    assert out["model_type"] == family and out["mask_id"] == n_tok and not out["resized"]
+    loaded = load_model_dir(tmp_path / "dlm")
+    assert loaded.kind == "ar" and loaded.model.mask_id == loaded.tokenizer.mask_id == n_tok
+    x = torch.randint(0, len(WORDS), (2, 12))
+    pad = torch.ones_like(x)
+    pad[1, :3] = 0  # left padding
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), hf(x).logits, atol=1e-4, rtol=0)
+        got, want = loaded.model(x, attention_mask=pad), hf(x, attention_mask=pad).logits
+        torch.testing.assert_close(got[:, 3:], want[:, 3:], atol=1e-4, rtol=0)
+
+
+def test_no_spare_row_appends_a_mean_mask_row(tmp_path):
+    src, hf = hf_dir(tmp_path, "llama", spare_rows=0)
+    out = hf_to_dlm(src, tmp_path / "dlm")
+    assert out["resized"] and out["mask_id"] == len(WORDS) and out["vocab_size"] == len(WORDS) + 1
+    model = load_model_dir(tmp_path / "dlm").model
+    emb = model.embed_tokens.weight
+    torch.testing.assert_close(emb[-1], hf.model.embed_tokens.weight.mean(0))
+    x = torch.randint(0, len(WORDS), (1, 8))
+    with torch.no_grad():  # the old vocabulary's logits are untouched
+        torch.testing.assert_close(model(x)[..., :-1], hf(x).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_to_hf_is_exact(tmp_path, family):
+    src, hf = hf_dir(tmp_path, family)
+    hf_to_dlm(src, tmp_path / "dlm")
+    back = convert(str(tmp_path / "dlm"), str(tmp_path / "hf_back"))  # direction inferred: to_hf
+    assert back["direction"] == "to_hf" and back["model_type"] == family
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf_back").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf_back")
+    assert tok.convert_tokens_to_ids("cat") == WORDS.index("cat")
+    x = torch.randint(0, len(WORDS), (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, hf(x).logits, atol=0, rtol=0)
+
+
+def test_block_causal_conversion_and_tokenizer(tmp_path):
+    src, hf = hf_dir(tmp_path, "qwen3")
+    out = hf_to_dlm(src, tmp_path / "blk", attention="block_causal", block_size=4)
+    loaded = load_model_dir(tmp_path / "blk")
+    assert out["kind"] == loaded.kind == "block" and loaded.model.block_size == 4
+    assert loaded.tokenizer.mask_id == loaded.model.mask_id
+    ids = loaded.tokenizer.encode("the cat sat")
+    assert ids == transformers.AutoTokenizer.from_pretrained(src).encode("the cat sat", add_special_tokens=False)
+    meta = json.loads((tmp_path / "blk" / "model.json").read_text())
+    assert meta["converted_from"]["model_type"] == "qwen3"
+    # block size 1 is the causal model exactly; with 4 a query also sees the rest of its block
+    hf_to_dlm(src, tmp_path / "blk1", attention="block_causal", block_size=1)
+    x = torch.randint(0, len(WORDS), (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model_dir(tmp_path / "blk1").model(x), hf(x).logits, atol=1e-4, rtol=0)
+        assert not torch.allclose(loaded.model(x)[:, 0], hf(x).logits[:, 0], atol=1e-3)
+
+
+def test_dlm_tokenizer_survives_the_hf_round_trip(tmp_path):
+    from dlm.data.tokenizers.char import CharTokenizer
+    from dlm.models.transformer import Transformer
+    from dlm.checkpoint import save_model_dir
+
+    tok = CharTokenizer()
+    spec = dict(_target_="dlm.models.transformer.Transformer", vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                dim=32, n_layers=1, n_heads=4, max_seq_len=32, attention="causal")
+    model = Transformer(**{k: v for k, v in spec.items() if k != "_target_"})
+    save_model_dir(tmp_path / "ar", model=model, model_spec=spec, tokenizer=tok, kind="ar")
+    dlm_to_hf(tmp_path / "ar", tmp_path / "hf")
+    assert (tmp_path / "hf" / "dlm_tokenizer").is_dir()
+    hf_to_dlm(tmp_path / "hf", tmp_path / "back", attention="block_causal", block_size=4)
+    back = load_model_dir(tmp_path / "back")
+    assert back.tokenizer.encode("hello") == tok.encode("hello") and back.model.mask_id == tok.mask_id
+    x = torch.randint(0, tok.vocab_size - 1, (1, 8))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=0)
+
+
+def test_bad_input_names_the_fix(tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20)).save_pretrained(gpt2)
+    with pytest.raises(ConfigError, match="llama, qwen2, qwen3"):
+        hf_to_dlm(gpt2, tmp_path / "x")
+    src, _ = hf_dir(tmp_path, "llama")
+    with pytest.raises(ConfigError, match="mask_id=99"):
+        hf_to_dlm(src, tmp_path / "x", mask_id=99)
+    with pytest.raises(ConfigError, match="block_size=5 does not divide"):
+        hf_to_dlm(src, tmp_path / "x", attention="block_causal", block_size=5)
+    assert not (tmp_path / "x").exists()  # nothing half-written
