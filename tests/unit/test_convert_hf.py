@@ -106,9 +106,9 @@ def test_block_causal_conversion_and_tokenizer(tmp_path):
 
 
 def test_dlm_tokenizer_survives_the_hf_round_trip(tmp_path):
+    from dlm.checkpoint import save_model_dir
     from dlm.data.tokenizers.char import CharTokenizer
     from dlm.models.transformer import Transformer
-    from dlm.checkpoint import save_model_dir
 
     tok = CharTokenizer()
     spec = dict(_target_="dlm.models.transformer.Transformer", vocab_size=tok.vocab_size, mask_id=tok.mask_id,
