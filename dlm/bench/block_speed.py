@@ -65,7 +65,7 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    hf = AutoModelForCausalLM.from_pretrained(ar_hf, torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(ar_hf, dtype=torch.float32).eval()
     loaded = load_model_dir(block_model)
     prompt_ids = _prompts(loaded, prompts, prompt_tokens)
     rows = []
@@ -118,14 +118,14 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
     return {"out": str(path), "rows": len(rows), **({"perplexity": report["perplexity"]} if ppl else {})}
 
 
-def _perplexities(*, ar_dlm: str, block_model: str, source: str, split: str, block_size: int,
+def _perplexities(*, ar_model: str, block_model: str, source: str, split: str, block_size: int,
                   max_tokens: int | None, num_samples: int) -> dict:
     """Exact AR perplexity and the block model's NELBO bound on the same held-out rows."""
     from dlm.eval.model_dir import eval_ppl_model_dir
 
     common = dict(dataset=source, source=source, split=split, block_size=block_size, max_tokens=max_tokens,
                   num_samples=num_samples, method="quadrature", device="cpu")
-    ar = eval_ppl_model_dir(ar_dlm, out=Path(ar_dlm) / "eval" / "bench_block.json", **common)
+    ar = eval_ppl_model_dir(ar_model, out=Path(ar_model) / "eval" / "bench_block.json", **common)
     block = eval_ppl_model_dir(block_model, out=Path(block_model) / "eval" / "bench_block.json", **common)
     return {"ar_exact_ppl": ar["ppl"], "block_ppl_bound": block["ppl"], "ratio": block["ppl"] / ar["ppl"],
             "tokens": ar.get("tokens"), "source": source, "split": split}

@@ -5,8 +5,7 @@ diffusion, init_from) -> dlm-eval-ppl, dlm-sample with block samplers -> dlm-ben
 import json
 
 import pytest
-
-from tests.integration.test_cli import run_cli
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
