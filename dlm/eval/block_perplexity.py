@@ -14,17 +14,14 @@ Shapes: input_ids (B, L); per-sequence results (B,).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dlm.diffusion.forward import mask_tokens
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
-from dlm.eval.perplexity import Method, _strata
+from dlm.eval.perplexity import Method, _strata, accumulate_nll
 from dlm.nn.block_mask import segment_ids
 from dlm.objectives.block import BlockDiffusionLoss, block_denoise_nll, block_layout
 from dlm.types import Denoiser, NoiseSchedule
@@ -113,29 +110,14 @@ def evaluate_block_perplexity(
     nll_stderr, ppl, tokens, sequences, method, t_samples, estimator, seconds) plus
     ``diffusion_block_size``.
     """
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    nll_sum, var_sum, tokens, sequences = 0.0, 0.0, 0, 0
-    start = time.perf_counter()
-    for batch in tqdm(batches, desc=f"eval ppl (block {block_size})", total=total, dynamic_ncols=True):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        per_seq, var, n = block_nelbo_per_sequence(
+
+    def score(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        return block_nelbo_per_sequence(
             model, batch, block_size=block_size, num_samples=num_samples, method=method, schedule=schedule,
             t_min=t_min, keep_first_token=keep_first_token, shift_logits=shift_logits, generator=generator,
         )
-        nll_sum += per_seq.sum().item()
-        var_sum += var.sum().item()
-        tokens += int(n.sum().item())
-        sequences += per_seq.numel()
-    if was_training and hasattr(model, "train"):
-        model.train()
-    if tokens == 0:
-        raise ValueError("evaluation data produced no target tokens; check data.block_size and the split")
-    nll = nll_sum / tokens
-    return {
-        "nll": nll, "nll_stderr": math.sqrt(var_sum) / tokens, "ppl": math.exp(nll), "tokens": tokens,
-        "sequences": sequences, "method": "nelbo_bound", "t_samples": num_samples, "estimator": method,
-        "diffusion_block_size": block_size, "seconds": time.perf_counter() - start,
-    }
+
+    totals = accumulate_nll(model, batches, score, desc=f"eval ppl (block {block_size})", device=device, total=total)
+    return {**totals, "method": "nelbo_bound", "t_samples": num_samples, "estimator": method,
+            "diffusion_block_size": block_size}

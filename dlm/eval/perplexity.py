@@ -103,23 +103,34 @@ def evaluate_perplexity(
     Returns a JSON-able dict: nll, nll_stderr (Monte Carlo error, 0 for AR), ppl, tokens,
     sequences, method (``nelbo_bound`` or ``exact``), t_samples, estimator, seconds.
     """
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def score(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+        if kind == "ar":
+            per_seq, n = ar_nll_per_sequence(model, batch)
+            return per_seq, None, n
+        return nelbo_per_sequence(model, batch, num_samples=num_samples, method=method, schedule=schedule,
+                                  t_min=t_min, keep_first_token=keep_first_token, generator=generator)
+
+    totals = accumulate_nll(model, batches, score, desc=f"eval ppl ({kind})", device=device, total=total)
+    return {**totals, "method": "exact" if kind == "ar" else "nelbo_bound",
+            "t_samples": 1 if kind == "ar" else num_samples, "estimator": "exact" if kind == "ar" else method}
+
+
+def accumulate_nll(model, batches: Iterable[dict[str, Tensor]], score, *, desc: str, device: torch.device | str,
+                   total: int | None = None) -> dict:
+    """Token-weighted totals of ``score(batch) -> (nll per sequence (B,), its variance (B,) or None,
+    tokens per sequence (B,))`` over ``batches``, with the model in eval mode; returns nll,
+    nll_stderr, ppl, tokens, sequences, seconds."""
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
     nll_sum, var_sum, tokens, sequences = 0.0, 0.0, 0, 0
     start = time.perf_counter()
-    for batch in tqdm(batches, desc=f"eval ppl ({kind})", total=total, dynamic_ncols=True):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if kind == "ar":
-            per_seq, n = ar_nll_per_sequence(model, batch)
-        else:
-            per_seq, var, n = nelbo_per_sequence(
-                model, batch, num_samples=num_samples, method=method, schedule=schedule, t_min=t_min,
-                keep_first_token=keep_first_token, generator=generator,
-            )
-            var_sum += var.sum().item()
+    for batch in tqdm(batches, desc=desc, total=total, dynamic_ncols=True):
+        per_seq, var, n = score({k: v.to(device) for k, v in batch.items()})
         nll_sum += per_seq.sum().item()
+        var_sum += 0.0 if var is None else var.sum().item()
         tokens += int(n.sum().item())
         sequences += per_seq.numel()
     if was_training and hasattr(model, "train"):
@@ -127,14 +138,5 @@ def evaluate_perplexity(
     if tokens == 0:
         raise ValueError("evaluation data produced no target tokens; check data.block_size and the split")
     nll = nll_sum / tokens
-    return {
-        "nll": nll,
-        "nll_stderr": math.sqrt(var_sum) / tokens,
-        "ppl": math.exp(nll),
-        "tokens": tokens,
-        "sequences": sequences,
-        "method": "exact" if kind == "ar" else "nelbo_bound",
-        "t_samples": 1 if kind == "ar" else num_samples,
-        "estimator": "exact" if kind == "ar" else method,
-        "seconds": time.perf_counter() - start,
-    }
+    return {"nll": nll, "nll_stderr": math.sqrt(var_sum) / tokens, "ppl": math.exp(nll), "tokens": tokens,
+            "sequences": sequences, "seconds": time.perf_counter() - start}
