@@ -93,7 +93,8 @@ def convert(cfg: DictConfig) -> None:
     from dlm.convert.hf import convert as run_convert
 
     _print_json(run_convert(str(cfg.src), str(cfg.dst), direction=cfg.direction, attention=cfg.attention,
-                            block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type))
+                            block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type,
+                            mask_token=cfg.mask_token))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="demo", version_base="1.3")

@@ -9,19 +9,32 @@ model (SDAR: no new parameters, no time input).
 Mask token: absorbing diffusion needs one. When the checkpoint's embedding has spare rows beyond
 the tokenizer (Qwen3: 151,936 rows for 151,669 tokens) the first spare row, id len(tokenizer),
 becomes [MASK] (as SDAR does); otherwise the embedding and head grow by one row, initialised to
-the mean row (a neutral start for a token the model has never seen).
+the mean row (a neutral start for a token the model has never seen). The mask token string
+(``<|mask|>``) is registered on the tokenizer at that id (``hf_tokenizer.py``), so the exported
+tokenizer and ``AutoTokenizer`` agree with the model's ``mask_id``.
+
+Exporting (``dlm_to_hf``) writes ``config.json`` (architecture class, ``mask_token_id``),
+``model.safetensors`` with HF names and the tokenizer. A dlm tokenizer without an HF form (char,
+DNA, dlm BPE) goes to ``dst/dlm_tokenizer/``: ``AutoTokenizer`` cannot read it, but
+``AutoModelForCausalLM`` + ``generate`` need only the weights, and ``hf_to_dlm`` reads it back.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from dlm.checkpoint import load_model_dir, save_model_dir
+from dlm.convert.hf_tokenizer import MASK_TOKEN, export_tokenizer, source_tokenizer
 from dlm.errors import ConfigError
 
 
@@ -61,7 +74,8 @@ def _check_semantics(cfg) -> None:
     if getattr(cfg, "use_sliding_window", False):
         raise ConfigError("use_sliding_window=true is not supported: dlm attends over the whole context")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-        raise ConfigError("attention_bias / mlp_bias in a Llama config are not supported by the converter")
+        raise ConfigError(f"{cfg.model_type}: attention_bias / mlp_bias = true (biases the backbone does not have) "
+                          "are not supported by the converter")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ConfigError(f"hidden_act={cfg.hidden_act!r}: the backbone's MLP is SwiGLU (silu)")
 
@@ -86,7 +100,7 @@ def state_hf_to_dlm(state: dict[str, torch.Tensor], model_type: str) -> dict[str
     """HF names -> dlm names: drop the ``model.`` prefix, apply the family's renames."""
     fam = _family(model_type)
     out = {}
-    for name, w in state.items():
+    for name, w in _progress(state, "HF -> dlm weights"):
         if "rotary_emb" in name:  # derived buffers, recomputed by the backbone
             continue
         new = name.removeprefix("model.")
@@ -100,7 +114,7 @@ def state_dlm_to_hf(state: dict[str, torch.Tensor], model_type: str) -> dict[str
     """The inverse of ``state_hf_to_dlm``."""
     fam = _family(model_type)
     out = {}
-    for name, w in state.items():
+    for name, w in _progress(state, "dlm -> HF weights"):
         new = name
         for hf_part, dlm_part in fam.renames:
             new = new.replace(dlm_part, hf_part)
@@ -108,16 +122,9 @@ def state_dlm_to_hf(state: dict[str, torch.Tensor], model_type: str) -> dict[str
     return out
 
 
-def _load_tokenizer(src: Path):
-    from dlm.data.tokenizer import load_tokenizer
-    from dlm.data.tokenizers.hf import HFTokenizer
-
-    if (src / "dlm_tokenizer").is_dir():  # written by dlm_to_hf for a dlm (non-HF) tokenizer
-        return load_tokenizer(src / "dlm_tokenizer")
-    if not any((src / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise ConfigError(f"{src} has no tokenizer files (tokenizer.json / tokenizer_config.json); the converted "
-                          "model needs its tokenizer")
-    return HFTokenizer(str(src))
+def _progress(state: dict, desc: str):
+    """Iterate a state dict with a progress bar (shown on a terminal only)."""
+    return tqdm(state.items(), desc=desc, total=len(state), unit="tensor", leave=False, disable=None)
 
 
 def _grow(w: torch.Tensor) -> torch.Tensor:
@@ -125,44 +132,44 @@ def _grow(w: torch.Tensor) -> torch.Tensor:
 
 
 def hf_to_dlm(src: str | Path, dst: str | Path, *, attention: str = "causal", block_size: int | None = None,
-              mask_id: int | None = None) -> dict:
-    """Convert a local HF causal-LM directory into a dlm model directory; returns a summary dict."""
+              mask_id: int | None = None, mask_token: str = MASK_TOKEN) -> dict:
+    """Convert a local HF causal-LM directory into a dlm model directory; returns a summary dict.
+
+    ``attention="causal"`` reproduces the HF logits (kind ``ar``); ``"block_causal"`` (needs
+    ``block_size`` dividing the context) gives a block-diffusion model (kind ``block``, SDAR);
+    ``"bidirectional"`` a masked-diffusion model. ``mask_id`` defaults to len(tokenizer): a spare
+    row, or a new mean row when the embedding has none (``resized`` in the summary).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from dlm.checkpoint import build
 
     start, src = time.perf_counter(), Path(src)
     if not (src / "config.json").is_file():
         raise ConfigError(f"src={src} is not a Hugging Face model directory (no config.json)")
-    cfg = AutoConfig.from_pretrained(str(src), local_files_only=True)
-    kwargs = model_kwargs_from_hf(cfg)
-    tokenizer = _load_tokenizer(src)
     if attention not in ("causal", "block_causal", "bidirectional"):
         raise ConfigError(f"attention={attention!r}; choose causal, block_causal or bidirectional")
+    cfg = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    kwargs = model_kwargs_from_hf(cfg)
     if attention == "block_causal":
         if not block_size or block_size < 1:
             raise ConfigError("attention=block_causal needs block_size=<tokens per block> (SDAR uses 4)")
         if kwargs["max_seq_len"] % block_size:
             raise ConfigError(f"block_size={block_size} does not divide the context max_position_embeddings="
                               f"{kwargs['max_seq_len']}; pick a divisor such as 4")
+    tokenizer, mask_id, resized = source_tokenizer(src, cfg.vocab_size, mask_id=mask_id, mask_token=mask_token)
     hf = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=torch.float32)
     state = state_hf_to_dlm(hf.state_dict(), cfg.model_type)
-    vocab = cfg.vocab_size
-    mask_id = tokenizer.mask_id if mask_id is None else int(mask_id)
-    resized = False
-    if mask_id == vocab:  # no spare row: grow embedding (and an untied head) by one mean row
+    del hf
+    vocab = cfg.vocab_size + int(resized)
+    if resized:  # no spare row: grow embedding (and an untied head) by one mean row
         state["embed_tokens.weight"] = _grow(state["embed_tokens.weight"])
         if not kwargs["tie_embeddings"]:
             state["lm_head.weight"] = _grow(state["lm_head.weight"])
-        vocab, resized = vocab + 1, True
-    elif not 0 <= mask_id < vocab:
-        raise ConfigError(f"mask_id={mask_id} lies outside the vocabulary [0, {vocab}); use an unused row or "
-                          f"leave mask_id unset to append one")
     if kwargs["tie_embeddings"]:
-        state.pop("lm_head.weight", None)
         state["lm_head.weight"] = state["embed_tokens.weight"]
     kwargs.update(vocab_size=vocab, mask_id=mask_id, attention=attention,
                   block_size=block_size if attention == "block_causal" else None)
-    from dlm.checkpoint import build
-
     model = build(kwargs)
     model.load_state_dict(state)
     kind = {"causal": "ar", "block_causal": "block"}.get(attention, "diffusion")
@@ -196,11 +203,17 @@ def hf_config_from_model(model, model_type: str, tokenizer):
     return cfg
 
 
-def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None) -> dict:
-    """Write a dlm model directory as a HF causal-LM directory (config.json + model.safetensors)."""
-    from transformers import AutoModelForCausalLM
+def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None,
+              mask_token: str = MASK_TOKEN) -> dict:
+    """Write a dlm model directory as a HF causal-LM directory; returns a summary dict.
 
-    from dlm.data.tokenizers.hf import HFTokenizer
+    ``dst`` gets ``config.json`` (``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM``,
+    ``mask_token_id``), ``model.safetensors`` with HF names, the tokenizer with its mask token (or
+    ``dlm_tokenizer/`` for a dlm tokenizer, which ``AutoTokenizer`` cannot read) and
+    ``dlm_conversion.json``. ``model_type`` defaults from the weights: q/k-norm -> qwen3, q/k/v
+    bias -> qwen2, else llama. Written atomically (a temp dir renamed when complete).
+    """
+    from transformers import AutoModelForCausalLM
 
     start, dst = time.perf_counter(), Path(dst)
     loaded = load_model_dir(src)
@@ -209,33 +222,51 @@ def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None
     model_type = model_type or ("qwen3" if attn.q_norm is not None else "qwen2" if attn.q_proj.bias is not None
                                 else "llama")
     cfg = hf_config_from_model(model, model_type, loaded.tokenizer)
+    if model.attention != "causal":
+        warnings.warn(f"{src} is a {model.attention} ({loaded.kind}) model; as a HF causal LM it runs with causal "
+                      "attention, so its logits differ from the dlm model's", stacklevel=2)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     state = state_dlm_to_hf(model.state_dict(), model_type)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [m for m in missing if "rotary_emb" not in m and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:
         raise ConfigError(f"weights do not map onto {model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    dst.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(dst))
-    if isinstance(loaded.tokenizer, HFTokenizer):
-        loaded.tokenizer._hf.save_pretrained(str(dst))
-    else:  # a dlm tokenizer (characters, DNA, ...): kept beside the weights; AutoTokenizer cannot read it
-        loaded.tokenizer.save(dst / "dlm_tokenizer")
-    (dst / "dlm_conversion.json").write_text(json.dumps({"from": str(src), "mask_id": model.mask_id,
-                                                         "kind": loaded.kind}, indent=2))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        hf.save_pretrained(str(tmp))
+        hf_tokenizer = export_tokenizer(loaded.tokenizer, Path(src) / "tokenizer", tmp, mask_id=model.mask_id,
+                                        mask_token=mask_token)
+        (tmp / "dlm_conversion.json").write_text(json.dumps(
+            {"from": str(src), "mask_id": model.mask_id, "kind": loaded.kind, "attention": model.attention,
+             "block_size": model.block_size, "hf_tokenizer": hf_tokenizer}, indent=2))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"src": str(src), "dst": str(dst), "direction": "to_hf", "model_type": model_type,
             "mask_id": model.mask_id, "vocab_size": model.vocab_size, "resized": False,
-            "seconds": time.perf_counter() - start}
+            "hf_tokenizer": hf_tokenizer, "seconds": time.perf_counter() - start}
 
 
 def convert(src: str, dst: str, *, direction: str | None = None, attention: str = "causal",
-            block_size: int | None = None, mask_id: int | None = None, model_type: str | None = None) -> dict:
+            block_size: int | None = None, mask_id: int | None = None, model_type: str | None = None,
+            mask_token: str = MASK_TOKEN) -> dict:
     """Either direction; ``direction`` defaults from what ``src`` holds (config.json vs model.json)."""
     path = Path(src)
     if direction is None:
+        if not (path / "model.json").is_file() and not (path / "config.json").is_file():
+            raise ConfigError(f"src={src} holds neither model.json (a dlm model directory) nor config.json (a HF "
+                              "causal-LM directory); point src at one of them")
         direction = "to_hf" if (path / "model.json").is_file() else "to_dlm"
     if direction == "to_dlm":
-        return hf_to_dlm(src, dst, attention=attention, block_size=block_size, mask_id=mask_id)
+        return hf_to_dlm(src, dst, attention=attention, block_size=block_size, mask_id=mask_id,
+                         mask_token=mask_token)
     if direction == "to_hf":
-        return dlm_to_hf(src, dst, model_type=model_type)
+        if mask_id is not None or attention != "causal" or block_size is not None:
+            raise ConfigError("mask_id / attention / block_size apply to direction=to_dlm; a dlm model directory "
+                              "keeps its own (leave them unset with direction=to_hf)")
+        return dlm_to_hf(src, dst, model_type=model_type, mask_token=mask_token)
     raise ConfigError(f"direction={direction!r}; choose to_dlm or to_hf")

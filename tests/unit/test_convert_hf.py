@@ -15,7 +15,8 @@ from dlm.errors import ConfigError
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-WORDS = ["<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+# "<unk>" is its own token: a word as unk would become an added token and split other words
+WORDS = ["<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "<unk>"]
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
@@ -28,10 +29,10 @@ def hf_dir(tmp_path, family: str, *, spare_rows: int = 6, max_pos: int = 64):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     cfg_name, model_name, extra = FAMILIES[family]
-    rust = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a"))
+    rust = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     rust.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<s>", eos_token="</s>",
-                                               unk_token="a")
+                                               unk_token="<unk>")
     config = getattr(transformers, cfg_name)(
         vocab_size=len(WORDS) + spare_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos, rms_norm_eps=1e-6,
@@ -94,6 +95,7 @@ def test_block_causal_conversion_and_tokenizer(tmp_path):
     assert out["kind"] == loaded.kind == "block" and loaded.model.block_size == 4
     assert loaded.tokenizer.mask_id == loaded.model.mask_id
     ids = loaded.tokenizer.encode("the cat sat")
+    assert ids == [WORDS.index(w) for w in ("the", "cat", "sat")]
     assert ids == transformers.AutoTokenizer.from_pretrained(src).encode("the cat sat", add_special_tokens=False)
     meta = json.loads((tmp_path / "blk" / "model.json").read_text())
     assert meta["converted_from"]["model_type"] == "qwen3"
@@ -129,7 +131,7 @@ def test_dlm_tokenizer_survives_the_hf_round_trip(tmp_path):
 def test_bad_input_names_the_fix(tmp_path):
     gpt2 = tmp_path / "gpt2"
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20)).save_pretrained(gpt2)
-    with pytest.raises(ConfigError, match="llama, qwen2, qwen3"):
+    with pytest.raises(ConfigError, match="llama, qwen2, qwen3.*absolute position"):
         hf_to_dlm(gpt2, tmp_path / "x")
     src, _ = hf_dir(tmp_path, "llama")
     with pytest.raises(ConfigError, match="mask_id=99"):
@@ -137,3 +139,100 @@ def test_bad_input_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="block_size=5 does not divide"):
         hf_to_dlm(src, tmp_path / "x", attention="block_causal", block_size=5)
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_mask_token_is_registered_at_the_mask_id_in_both_directions(tmp_path):
+    src, _ = hf_dir(tmp_path, "qwen3")
+    out = hf_to_dlm(src, tmp_path / "dlm")
+    loaded = load_model_dir(tmp_path / "dlm")
+    tok, m = loaded.tokenizer, out["mask_id"]
+    assert tok.mask_id == loaded.model.mask_id == m and tok.vocab_size <= loaded.model.vocab_size
+    ids = tok.encode("the <|mask|> cat")
+    assert ids == [WORDS.index("the"), m, WORDS.index("cat")]
+    assert tok.decode(ids) == "the cat" and "<|mask|>" in tok.decode(ids, skip_special=False)
+    back = dlm_to_hf(tmp_path / "dlm", tmp_path / "hf")
+    assert back["hf_tokenizer"]
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert auto.mask_token == "<|mask|>" and auto.mask_token_id == m
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").mask_token_id == m
+    assert not list(tmp_path.glob(".hf.*"))  # the temporary export directory was renamed away
+
+
+def test_dlm_tokenizer_with_appended_mask_exports_it(tmp_path):
+    """A dlm model trained with an HF tokenizer whose [MASK] was appended (GPT-2 style)."""
+    from dlm.checkpoint import save_model_dir
+    from dlm.data.tokenizers.hf import HFTokenizer
+    from dlm.models.transformer import Transformer
+
+    src, _ = hf_dir(tmp_path, "llama")
+    tok = HFTokenizer(str(src))
+    spec = dict(_target_="dlm.models.transformer.Transformer", vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                dim=32, n_layers=1, n_heads=4, max_seq_len=32, attention="causal")
+    save_model_dir(tmp_path / "ar", model=Transformer(**{k: v for k, v in spec.items() if k != "_target_"}),
+                   model_spec=spec, tokenizer=tok, kind="ar")
+    dlm_to_hf(tmp_path / "ar", tmp_path / "hf", model_type="llama")
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert auto.mask_token_id == tok.mask_id and auto.encode("the cat", add_special_tokens=False) == tok.encode("the cat")
+
+
+def test_explicit_mask_id(tmp_path):
+    src, _ = hf_dir(tmp_path, "llama", spare_rows=6)
+    n = len(WORDS)
+    out = hf_to_dlm(src, tmp_path / "own", mask_id=WORDS.index("ran"))  # an existing token becomes [MASK]
+    loaded = load_model_dir(tmp_path / "own")
+    assert not out["resized"] and loaded.model.mask_id == loaded.tokenizer.mask_id == WORDS.index("ran")
+    for bad, msg in ((n + 2, "no token can name it"), (n + 6, "no token can name it"), (n + 7, "outside the vocabulary"),
+                     (-1, "outside the vocabulary")):
+        with pytest.raises(ConfigError, match=f"mask_id={bad}.*{msg}"):
+            hf_to_dlm(src, tmp_path / "x", mask_id=bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_choose_mask_id_rules():
+    from dlm.convert.hf_tokenizer import choose_mask_id
+
+    assert choose_mask_id(10, 16) == (10, False)  # first spare row
+    assert choose_mask_id(10, 10) == (10, True)  # no spare row: grow
+    assert choose_mask_id(10, 16, existing=3) == (3, False)  # the tokenizer's own mask token
+    assert choose_mask_id(10, 16, mask_id=4, existing=3) == (4, False)
+    with pytest.raises(ConfigError, match="12 tokens but the checkpoint only 10"):
+        choose_mask_id(12, 10)
+
+
+def test_export_of_a_block_model_warns_and_direction_errors(tmp_path):
+    src, _ = hf_dir(tmp_path, "qwen2")
+    hf_to_dlm(src, tmp_path / "blk", attention="block_causal", block_size=4)
+    with pytest.warns(UserWarning, match="block_causal"):
+        dlm_to_hf(tmp_path / "blk", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "dlm_conversion.json").read_text())["block_size"] == 4
+    with pytest.raises(ConfigError, match="neither model.json"):
+        convert(str(tmp_path / "nothing"), str(tmp_path / "y"))
+    with pytest.raises(ConfigError, match="apply to direction=to_dlm"):
+        convert(str(tmp_path / "blk"), str(tmp_path / "y"), attention="block_causal", block_size=4)
+    with pytest.raises(ConfigError, match="rope_scaling"):
+        cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                                       intermediate_size=64, max_position_embeddings=64, vocab_size=16,
+                                       rope_scaling={"rope_type": "linear", "factor": 2.0})
+        from dlm.convert.hf import model_kwargs_from_hf
+        model_kwargs_from_hf(cfg)
+
+
+@pytest.mark.slow
+def test_cli_round_trip(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("dlm-convert", path=str(Path(sys.executable).parent))
+    assert exe, "dlm-convert is not installed (pip install -e .)"
+    src, _ = hf_dir(tmp_path, "llama", spare_rows=0)
+    run = [subprocess.run([exe, f"src={a}", f"dst={b}", *more], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300) for a, b, more in ((src, tmp_path / "d", ["attention=block_causal", "block_size=4"]),
+                                                          (tmp_path / "d", tmp_path / "h", []))]
+    for proc in run:
+        assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(p.stdout.strip().splitlines()[-1]) for p in run)
+    assert first["direction"] == "to_dlm" and first["resized"] and first["mask_id"] == len(WORDS)
+    assert second["direction"] == "to_hf" and second["vocab_size"] == len(WORDS) + 1
+    assert {"src", "dst", "model_type", "seconds"} <= set(first)
