@@ -50,6 +50,12 @@ class KVCache:
         positions = positions.reshape(-1)
         self.positions = positions if self.positions is None else torch.cat([self.positions, positions])
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` tokens (drop K/V stored for tokens that are not committed)."""
+        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
+        self.values = [None if v is None else v[:, :, :length] for v in self.values]
+        self.positions = None if self.positions is None else self.positions[:length]
+
     def select_rows(self, rows: Tensor) -> KVCache:
         """A cache over a subset of the batch rows (B' <= B), sharing nothing mutable with this one."""
         out = KVCache(len(self.keys))

@@ -79,7 +79,7 @@ class BlockSampler:
                  top_k: int | None = None, top_p: float | None = None, precision: Precision = "float64",
                  use_cache: bool = True, eos_id: int | None = None, stop_at_eos: bool = True,
                  guidance: Guidance | None = None, block_size_policy: BlockSizePolicy | None = None,
-                 record_trajectory: bool = False) -> None:
+                 record_trajectory: bool = False, fuse_commit: bool = False) -> None:
         if block_size is not None and block_size < 1:
             raise ConfigError(f"sampler.block_size={block_size} must be >= 1")
         if num_steps is not None and num_steps < 1:
@@ -99,6 +99,8 @@ class BlockSampler:
                                                         precision=precision), guidance=guidance)
         self.eos_id = eos_id if stop_at_eos else None
         self.block_size_policy, self.record_trajectory = block_size_policy, record_trajectory
+        # fusing the commit pass into the next block's first call needs no hidden state from it
+        self.fuse_commit = fuse_commit and use_cache and block_size_policy is None
 
     def resolve_block_size(self, model: Denoiser) -> int:
         """Check the model can be block-decoded; the block size to use (build-time validation)."""
@@ -132,6 +134,7 @@ class BlockSampler:
         features: list[tuple[Tensor, Tensor]] = []
         spans: list[tuple[int, int]] = []
         trajectory: list[Tensor] | None = [] if self.record_trajectory else None
+        pending: tuple[int, int] | None = None  # a decoded block whose commit rides on the next call
         while start < length and (x[:, start:] == model.mask_id).any():
             size = k
             if self.block_size_policy is not None and hidden is not None:
@@ -143,9 +146,16 @@ class BlockSampler:
                 sizes.append(min(size, length - start))
             end = min(start + size, length)
             spans.append((start, end))
-            self._decode_block(run, start, end, generated, trajectory)
+            if pending is not None and not (x[:, start:end] == model.mask_id).any():
+                run.commit(*pending, want_hidden=False)  # a fully given block: nothing to fuse with
+                pending = None
+            self._decode_block(run, start, end, generated, trajectory, pending)
+            pending = None
             if run.cache is not None and (x[:, end:] == model.mask_id).any():
-                hidden = run.commit(start, end, want_hidden=self.block_size_policy is not None)
+                if self.fuse_commit:
+                    pending = (start, end)
+                else:
+                    hidden = run.commit(start, end, want_hidden=self.block_size_policy is not None)
             start = end
         info = {"lengths": eos_lengths(x, generated, self.eos_id), "block_sizes": sizes,
                 "policy_features": features, "block_spans": spans, "prefill": run.prefills,
@@ -164,7 +174,7 @@ class BlockSampler:
         return size
 
     def _decode_block(self, run: _Run, start: int, end: int, generated: Tensor,
-                      trajectory: list[Tensor] | None) -> None:
+                      trajectory: list[Tensor] | None, pending: tuple[int, int] | None = None) -> None:
         """Denoise x[:, start:end] in place until no mask is left (<= num_steps calls, >= 1 commit each)."""
         x, mask_id = run.x, run.model.mask_id
         steps = end - start if (self.num_steps is None or self.step_rule.first_hitting) else self.num_steps
@@ -173,7 +183,12 @@ class BlockSampler:
             if not masked.any():
                 break
             # time-conditioned networks see the block's masked fraction (per-block t, BD3-LM)
-            logits = run.block_logits(start, end, masked.float().mean(-1))
+            t = masked.float().mean(-1)
+            if pending is not None:  # commit the previous block in the same call (exact: block-causal)
+                logits = run.fused_logits(pending[0], start, end, t)
+                pending = None
+            else:
+                logits = run.block_logits(start, end, t)
             commit, proposal = self.step_rule(logits, x[:, :end], start, masked, step, steps, mask_id,
                                               run.generator)
             x[:, start:end] = torch.where(commit, proposal, x[:, start:end])
@@ -222,6 +237,33 @@ class _Run:
         self.commits += 1
         out = self._cached(self.x[:, start:end], start, 0.0, store=True, hidden=want_hidden)
         return out[:, -1] if want_hidden else None
+
+    def fused_logits(self, pstart: int, start: int, end: int, t: Tensor) -> Tensor:
+        """One call that commits the clean block x[:, pstart:start] and denoises x[:, start:end].
+
+        Block-causal over the two blocks: the clean block sees the cache and itself (so its K/V are
+        exactly the commit pass's), the noisy block sees the cache, the clean block and itself.
+        The K/V stored for the noisy block are dropped again. Logits (B, end - start, V).
+        """
+        n_p, n = start - pstart, end - pstart
+        past, device = self.cache.length, self.x.device
+        mask = torch.ones(n, past + n, dtype=torch.bool, device=device)
+        mask[:n_p, past + n_p:] = False
+        t_full = None
+        if getattr(self.model, "time_conditioned", False):
+            t_full = torch.zeros(self.x.shape[0], n, device=device)
+            t_full[:, n_p:] = t[:, None]
+        kw = dict(positions=torch.arange(pstart, end, device=device), attn_mask=mask, cache=self.cache,
+                  store_cache=True)
+        self.nfe += 1
+        self.commits += 1
+        if getattr(self.model, "computes_logits_at", False):
+            at = torch.arange(n_p, n, device=device).expand(self.x.shape[0], -1)
+            out = self.model(self.x[:, pstart:end], t_full, logits_at=at, **kw)
+        else:
+            out = self.model(self.x[:, pstart:end], t_full, **kw)[:, n_p:]
+        self.cache.truncate(past + n_p)
+        return out
 
     def probe(self, start: int, n: int, tokens: TokenSampling) -> Tensor:
         """Mean predictive entropy (B,) of n [MASK] tokens placed after the committed prefix (no store)."""

@@ -109,6 +109,27 @@ def test_cache_and_nocache_give_identical_samples():
     assert b.nfe == 3 + 4 + 4 + 2  # one token per call; prompt tokens need none
 
 
+def test_fused_commit_gives_identical_samples_with_fewer_calls():
+    # the commit pass of block j rides on block j+1's first call: exact, one call fewer per block
+    for time_conditioned in (False, True):
+        model = tiny(6, time_conditioned=time_conditioned)
+        for m in model.modules():
+            if isinstance(m, AdaLNModulation):
+                nn.init.normal_(m.linear.weight, std=0.002)
+        prompt = torch.randint(0, MASK, (3, 5), generator=gen(4))
+        kw = dict(batch_size=3, length=18, prompt=prompt)
+        a = BlockSampler()(model, **kw, generator=gen(7))
+        f = BlockSampler(fuse_commit=True)(model, **kw, generator=gen(7))
+        assert torch.equal(a.tokens, f.tokens)
+        assert f.info["commit_passes"] == a.info["commit_passes"] == 3 and f.nfe == a.nfe - 3
+    # a fully given (infilling) block between generated ones is committed on its own
+    template = torch.full((1, 16), MASK)
+    template[0, :4], template[0, 8:12] = torch.arange(4), torch.arange(4, 8)
+    a = BlockSampler()(model, batch_size=1, length=16, prompt=template[0], generator=gen(1))
+    f = BlockSampler(fuse_commit=True)(model, batch_size=1, length=16, prompt=template[0], generator=gen(1))
+    assert torch.equal(a.tokens, f.tokens) and torch.equal(f.tokens[0, 8:12], torch.arange(4, 8))
+
+
 def test_time_conditioned_cache_equals_nocache():
     model = tiny(3, time_conditioned=True)
     for m in model.modules():  # adaLN starts at zero: make time actually matter
