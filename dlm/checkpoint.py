@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,21 @@ class LoadedModel:
     path: Path | None = None
 
 
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces ``path`` only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_model_dir(
     path: str | Path,
     *,
@@ -69,9 +86,7 @@ def save_model_dir(
 ) -> Path:
     """Write a model directory (see module docstring); returns its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         meta = {"model": model_spec, "kind": kind, "schedule": schedule_spec, **(extra or {})}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         state, seen = {}, set()
@@ -84,12 +99,6 @@ def save_model_dir(
         tokenizer.save(tmp / "tokenizer")
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -22,9 +22,6 @@ DNA, dlm BPE) goes to ``dst/dlm_tokenizer/``: ``AutoTokenizer`` cannot read it, 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlm.checkpoint import load_model_dir, save_model_dir
+from dlm.checkpoint import atomic_dir, load_model_dir, save_model_dir
 from dlm.convert.hf_tokenizer import MASK_TOKEN, export_tokenizer, source_tokenizer
 from dlm.errors import ConfigError
 
@@ -231,21 +228,13 @@ def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None
     missing = [m for m in missing if "rotary_emb" not in m and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:
         raise ConfigError(f"weights do not map onto {model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         hf.save_pretrained(str(tmp))
         hf_tokenizer = export_tokenizer(loaded.tokenizer, Path(src) / "tokenizer", tmp, mask_id=model.mask_id,
                                         mask_token=mask_token)
         (tmp / "dlm_conversion.json").write_text(json.dumps(
             {"from": str(src), "mask_id": model.mask_id, "kind": loaded.kind, "attention": model.attention,
              "block_size": model.block_size, "hf_tokenizer": hf_tokenizer}, indent=2))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"src": str(src), "dst": str(dst), "direction": "to_hf", "model_type": model_type,
             "mask_id": model.mask_id, "vocab_size": model.vocab_size, "resized": False,
             "hf_tokenizer": hf_tokenizer, "seconds": time.perf_counter() - start}
