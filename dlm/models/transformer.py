@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from dlm.cache.kv import KVCache
 from dlm.errors import ConfigError
 from dlm.nn.attention import AttentionBackend, attention, padding_mask_to_attn_mask
+from dlm.nn.block_mask import block_causal_mask
 from dlm.nn.mlp import SwiGLU
 from dlm.nn.norm import RMSNorm
 from dlm.nn.rope import RopeScaling, apply_rope, rope_frequencies, rope_tables
@@ -265,13 +266,8 @@ class Transformer(nn.Module):
         return tokens_or_probs.to(weight.dtype) @ weight
 
     def block_causal_mask(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-        """(L, S) bool: query at position p may see key at position r iff r // block_size <= p // block_size.
-
-        Blocks see themselves bidirectionally and every earlier block (BD3-LM's block-causal mask;
-        block_size = 1 is the causal mask, block_size = L is full attention).
-        """
-        bs = self.block_size or 1
-        return (k_positions // bs)[None, :] <= (q_positions // bs)[:, None]
+        """(L, S) bool block-causal mask of this model's ``block_size`` (see ``dlm.nn.block_mask``)."""
+        return block_causal_mask(q_positions, k_positions, self.block_size or 1)
 
     def forward(
         self,

@@ -41,6 +41,15 @@ def block_ids_fixed(n_or_positions: int | Tensor, block_size: int) -> Tensor:
     return torch.arange(n_or_positions) // block_size
 
 
+def block_causal_mask(q_positions: Tensor, k_positions: Tensor, block_size: int) -> Tensor:
+    """(L, S) bool: a query at position p sees a key at position r iff r // block_size <= p // block_size.
+
+    Blocks see themselves bidirectionally and every earlier block (BD3-LM's M_BC; block_size = 1
+    is the causal mask, block_size >= L full attention). Positions (L,) and (S,) long.
+    """
+    return (k_positions // block_size)[None, :] <= (q_positions // block_size)[:, None]
+
+
 def block_ids_from_sizes(sizes: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     """Block ids (sum(sizes),) for consecutive blocks of the given (variable) sizes (CtrlDiff)."""
     sizes = [int(s) for s in sizes]

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from dlm.cache.kv import KVCache
 from dlm.errors import ConfigError
+from dlm.nn.block_mask import block_causal_mask
 from dlm.samplers.block_reveal import BlockStep, eos_lengths, fill_after_eos
 from dlm.samplers.canvas import init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
@@ -54,9 +55,9 @@ class BlockSizePolicy(Protocol):
 
 
 def block_causal(n: int, block_size: int, device: torch.device) -> Tensor:
-    """(n, n) bool: position p sees r iff r // k <= p // k (BD3-LM's M_BC over clean tokens)."""
-    ids = torch.arange(n, device=device) // block_size
-    return ids[None, :] <= ids[:, None]
+    """(n, n) bool block-causal mask over positions 0..n-1 (BD3-LM's M_BC over clean tokens)."""
+    positions = torch.arange(n, device=device)
+    return block_causal_mask(positions, positions, block_size)
 
 
 class BlockSampler:
