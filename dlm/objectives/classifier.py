@@ -24,17 +24,30 @@ class NoisyClassifierLoss:
 
     ``schedule``: mask probability 1 - α(t); None = linear (mask probability t), which makes the mask
     ratio itself uniform on [t_min, 1). ``keep_first_token``: never mask position 0 (a BOS the sampler
-    always shows the classifier). ``num_tokens`` in the output counts labelled sequences.
+    always shows the classifier). ``random_prefix``: score each row on a uniformly drawn prefix
+    (length in [1, n], n = its real tokens), because the guided block sampler shows the classifier
+    only [prompt ; committed blocks ; current block], never the full sequence.
+    ``num_tokens`` in the output counts labelled sequences.
     """
 
     model_kind = "classifier"  # read by the runner and written to the exported model.json
 
     def __init__(self, *, schedule: NoiseSchedule | None = None, t_min: float = 0.0,
-                 t_sampling: TimeSampling = "antithetic", keep_first_token: bool = False) -> None:
+                 t_sampling: TimeSampling = "antithetic", keep_first_token: bool = False,
+                 random_prefix: bool = False) -> None:
         if not 0.0 <= t_min < 1.0:
             raise ValueError(f"objective.t_min={t_min} must be in [0, 1)")
         self.schedule, self.t_min, self.t_sampling = schedule, t_min, t_sampling
-        self.keep_first_token = keep_first_token
+        self.keep_first_token, self.random_prefix = keep_first_token, random_prefix
+
+    @staticmethod
+    def prefix_mask(attention_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, L) mask keeping a uniform prefix of each row's real tokens: length ~ U{1, ..., n_b}."""
+        n = attention_mask.sum(-1).clamp(min=1)  # (B,)
+        u = torch.rand(n.shape, device=n.device, generator=generator)
+        keep = (u * n).long() + 1  # in [1, n]
+        pos = torch.arange(attention_mask.shape[1], device=n.device)
+        return (pos[None, :] < keep[:, None]).to(attention_mask.dtype) * attention_mask
 
     def corrupt(self, model: nn.Module, x0: Tensor, attention_mask: Tensor | None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -51,6 +64,9 @@ class NoisyClassifierLoss:
                  generator: torch.Generator | None = None) -> LossOutput:
         x0, labels = batch["input_ids"], batch["labels"]
         attention_mask = batch.get("attention_mask")
+        if self.random_prefix:
+            full = attention_mask if attention_mask is not None else torch.ones_like(x0)
+            attention_mask = self.prefix_mask(full, generator)
         xt, _ = self.corrupt(model, x0, attention_mask, generator)
         logits = model(xt, attention_mask=attention_mask) if attention_mask is not None else model(xt)
         nll = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)

@@ -88,25 +88,30 @@ class TextDataModule(L.LightningDataModule):
             if which not in self.datasets:
                 self.datasets[which] = self.blocks(which)
 
-    def _consumed(self) -> int:
-        t = self.trainer
-        return t.global_step * t.accumulate_grad_batches * self.batch_size
-
     def train_dataloader(self):
-        t = self.trainer
-        if t.max_steps is None or t.max_steps <= 0:
-            raise ValueError("trainer.max_steps must be set (> 0): training runs are counted in steps")
-        sampler = StreamSampler(
-            len(self.datasets["train"]), num_samples=t.max_steps * t.accumulate_grad_batches * self.batch_size,
-            seed=self.seed, rank=t.global_rank, world_size=t.world_size, consumed=self._consumed,
-        )
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=True, persistent_workers=self.num_workers > 0)
+        return stream_loader(self.datasets["train"], self.trainer, batch_size=self.batch_size, seed=self.seed,
+                             num_workers=self.num_workers)
 
     def val_dataloader(self):
-        ds = self.datasets["eval"]
-        t = self.trainer
-        # each rank scores a disjoint contiguous shard; the module all-gathers sums
-        idx = list(range(t.global_rank, len(ds), t.world_size))
-        return DataLoader(torch.utils.data.Subset(ds, idx), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers)
+        return shard_loader(self.datasets["eval"], self.trainer, batch_size=self.eval_batch_size,
+                            num_workers=self.num_workers)
+
+
+def stream_loader(dataset, trainer, *, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
+    """The training loader: this rank's share of the resumable seeded stream, for the whole run."""
+    t = trainer
+    if t.max_steps is None or t.max_steps <= 0:
+        raise ValueError("trainer.max_steps must be set (> 0): training runs are counted in steps")
+    sampler = StreamSampler(
+        len(dataset), num_samples=t.max_steps * t.accumulate_grad_batches * batch_size, seed=seed,
+        rank=t.global_rank, world_size=t.world_size,
+        consumed=lambda: t.global_step * t.accumulate_grad_batches * batch_size,
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                      persistent_workers=num_workers > 0)
+
+
+def shard_loader(dataset, trainer, *, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """The validation loader: each rank scores a disjoint shard; the module all-gathers sums."""
+    idx = list(range(trainer.global_rank, len(dataset), trainer.world_size))
+    return DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size, num_workers=num_workers)

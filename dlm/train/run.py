@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlm.errors import ConfigError
@@ -96,6 +96,19 @@ def init_from_model_dir(path: str, overrides: DictConfig | dict) -> tuple:
     return loaded.tokenizer, model, spec
 
 
+def load_tokenizer_from(path: str):
+    """The tokenizer of a model directory (or a saved tokenizer directory): a classifier for guidance
+    must read exactly its denoiser's token ids, mask id included."""
+    from dlm.data.tokenizer import SPEC_FILE, load_tokenizer
+
+    path = Path(path)
+    for candidate in (path / "tokenizer", path):
+        if (candidate / SPEC_FILE).is_file():
+            return load_tokenizer(candidate)
+    raise ConfigError(f"tokenizer_from={path} holds no dlm tokenizer ({SPEC_FILE} in it or in its tokenizer/); "
+                      "give a model directory written by dlm-train or dlm-convert")
+
+
 def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -105,7 +118,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("init_from"):
         tokenizer, model, model_spec = init_from_model_dir(cfg.init_from, cfg.get("init_overrides") or {})
     else:
-        tokenizer = instantiate(cfg.tokenizer)
+        tokenizer = load_tokenizer_from(cfg.tokenizer_from) if cfg.get("tokenizer_from") else instantiate(cfg.tokenizer)
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
         model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),
                       "vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id}
@@ -115,12 +128,15 @@ def run(cfg: DictConfig) -> dict:
     world = world_size(cfg.trainer)
     accumulate = accumulation(cfg.get("global_batch_size"), cfg.batch_size, world)
     data_kwargs = OmegaConf.to_container(cfg.data, resolve=True)
-    datamodule = TextDataModule(tokenizer=tokenizer, batch_size=cfg.batch_size,
+    # a data config with a _target_ names its own DataModule (labelled rows); corpora use TextDataModule
+    datamodule_cls = get_class(data_kwargs.pop("_target_")) if "_target_" in data_kwargs else TextDataModule
+    datamodule = datamodule_cls(tokenizer=tokenizer, batch_size=cfg.batch_size,
                                 eval_batch_size=cfg.get("eval_batch_size"), seed=cfg.seed, **data_kwargs)
     module = DlmModule(model=model, objective=objective, max_steps=cfg.trainer.max_steps,
                        ema_decay=cfg.ema_decay, compile=cfg.compile, **cfg.optim)
 
-    schedule_spec = OmegaConf.to_container(cfg.objective.schedule, resolve=True) if "schedule" in cfg.objective else None
+    schedule_cfg = cfg.objective.get("schedule")
+    schedule_spec = OmegaConf.to_container(schedule_cfg, resolve=True) if schedule_cfg is not None else None
     kind = getattr(objective, "model_kind", "diffusion")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     export = ExportModelDir(
