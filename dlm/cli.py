@@ -129,3 +129,20 @@ def _task_override(arg: str) -> str:
         return arg
     prefix = arg[: len(arg.split("=", 1)[0]) - len(key)]  # keep a leading + or ~
     return f"{prefix}task.{arg[len(prefix):]}"
+
+
+@hydra.main(config_path=CONF_DIR + "/eval", config_name="train_policy", version_base="1.3")
+def train_policy(cfg: DictConfig) -> None:
+    """dlm-train-policy model=<block model dir> reward_model=<AR model dir> policy.sizes=[2,4,8]"""
+    from hydra.utils import instantiate
+
+    from dlm.train.block_policy_run import train_block_policy
+
+    make_sampler = instantiate(cfg.sampler, _partial_=True)  # block_size_policy= is given per policy
+    _print_json(train_block_policy(
+        model=cfg.model, reward_model=cfg.reward_model, make_sampler=lambda p: make_sampler(block_size_policy=p),
+        sizes=list(cfg.policy.sizes), hidden_dim=cfg.policy.hidden_dim, step_cost=cfg.step_cost, steps=cfg.steps,
+        batch_size=cfg.batch_size, length=cfg.length, prompt=cfg.prompt, num_rollouts=cfg.num_rollouts, lr=cfg.lr,
+        baseline_momentum=cfg.baseline_momentum, eval_rollouts=cfg.eval_rollouts, seed=cfg.seed, device=cfg.device,
+        out=cfg.out,
+    ))

@@ -13,12 +13,14 @@ per-row features (``state``). ``train()`` mode samples the action (REINFORCE exp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.errors import ConfigError
+from dlm.errors import CheckpointError, ConfigError
 
 
 class BlockSizePolicy(nn.Module):
@@ -76,3 +78,43 @@ class BlockSizePolicy(nn.Module):
         if generator is not None and generator.device != probs.device:
             probs = probs.to(generator.device)
         return self.sizes[int(torch.multinomial(probs, 1, generator=generator))]
+
+
+class FixedBlockSize:
+    """The constant policy: every block has ``size`` tokens. The baseline a learned policy must beat
+    (same sampler, same NFE accounting, so only the block sizes differ)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigError(f"block size {size} must be >= 1")
+        self.size = int(size)
+
+    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor, generator: torch.Generator | None = None) -> int:
+        return self.size
+
+
+KIND = "block_policy"
+
+
+def save_block_policy(path: str | Path, *, policy: BlockSizePolicy, tokenizer: Any, extra: dict | None = None) -> Path:
+    """Write a trained policy as a model directory of kind ``"block_policy"`` (``tokenizer``: the denoiser's,
+    so the directory says which vocabulary its denoiser reads)."""
+    from dlm.checkpoint import save_model_dir
+
+    spec = {"_target_": f"{__name__}.BlockSizePolicy", "sizes": list(policy.sizes), "dim": policy.dim,
+            "hidden_dim": policy.mlp[0].out_features}
+    return save_model_dir(path, model=policy, model_spec=spec, tokenizer=tokenizer, kind=KIND, extra=extra)
+
+
+def load_block_policy(path: str | Path, device: str | torch.device = "cpu") -> BlockSizePolicy:
+    """The policy in eval mode (argmax decisions) from ``save_block_policy``'s directory.
+
+    The Hydra target of ``conf/sampler/block_dynamic.yaml``.
+    """
+    from dlm.checkpoint import load_model_dir
+
+    loaded = load_model_dir(path, device=device)
+    if loaded.kind != KIND:
+        raise CheckpointError(f"{path} holds a {loaded.kind!r} model, not a block-size policy; point "
+                              "sampler.block_size_policy.path at a directory written by dlm-train-policy")
+    return loaded.model.eval()

@@ -41,6 +41,21 @@ class ARLogLikelihood:
         return -next_token_nll(logits, tokens, self.model.mask_id).mean(-1)
 
 
+def rollout_metrics(out: SampleOutput, reward_fn: RewardFn, *, step_cost: float, length: int,
+                    prompt: Tensor | None = None) -> dict[str, float]:
+    """Reward, NFE per generated token and the return R of (P1) for one finished sampler call."""
+    sizes = out.info.get("block_sizes", [])
+    prompt_len = 0 if prompt is None else prompt.shape[-1]
+    nfe_per_token = out.nfe / max(length - prompt_len, 1)
+    quality = float(reward_fn(out.tokens).float().mean())
+    ret = quality - step_cost * nfe_per_token
+    if not math.isfinite(ret):  # one inf reward would turn the baseline, hence every later update, into NaN
+        raise ValueError(f"non-finite return {ret} (reward {quality}); check reward_fn on these tokens "
+                         "(e.g. a mask token left in the sample scores -inf under an AR model)")
+    return {"reward": quality, "return": ret, "nfe_per_token": nfe_per_token,
+            "mean_block_size": sum(sizes) / max(len(sizes), 1), "num_blocks": float(len(sizes))}
+
+
 class BlockPolicyTrainer:
     """``step()`` runs ``num_rollouts`` sampler calls, applies (P1)-(P3), takes one optimiser step.
 
@@ -88,20 +103,12 @@ class BlockPolicyTrainer:
         if len(sizes) != len(feats):
             raise ValueError(f"sampler recorded {len(sizes)} block sizes but {len(feats)} policy states; "
                              "it must record one (hidden, entropy) pair per policy decision")
-        prompt_len = 0 if self.prompt is None else self.prompt.shape[-1]
-        nfe_per_token = out.nfe / max(self.length - prompt_len, 1)
-        quality = float(self.reward_fn(out.tokens).float().mean())
-        ret = quality - self.step_cost * nfe_per_token
-        if not math.isfinite(ret):  # one inf reward would turn the baseline, hence every later update, into NaN
-            raise ValueError(f"non-finite return {ret} (reward {quality}); check reward_fn on these tokens "
-                             "(e.g. a mask token left in the sample scores -inf under an AR model)")
+        metrics = rollout_metrics(out, self.reward_fn, step_cost=self.step_cost, length=self.length, prompt=self.prompt)
         device = next(self.policy.parameters()).device
         states = torch.stack([self.policy.state(h.to(device), e.to(device)) for h, e in feats]) if feats else None
         log_pi = (self.policy.log_prob(states, self.policy.action_index(sizes).to(device)).sum()
                   if states is not None else torch.zeros((), device=device))
-        metrics = {"reward": quality, "return": ret, "nfe_per_token": nfe_per_token,
-                   "mean_block_size": sum(sizes) / max(len(sizes), 1), "num_blocks": float(len(sizes))}
-        return ret, log_pi, metrics
+        return metrics["return"], log_pi, metrics
 
     def step(self, generator: torch.Generator | None = None) -> dict[str, float]:
         """One REINFORCE update; returns averaged rollout metrics plus ``loss`` and ``baseline``."""
