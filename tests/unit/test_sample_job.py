@@ -95,3 +95,15 @@ def test_a_failing_sampler_leaves_nothing_behind(model_dir, tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         sample_to_jsonl(model_dir, broken, num_samples=2, length=8, device="cpu", out=tmp_path / "x.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shift_logits_models_are_refused_by_the_samplers(tmp_path):
+    tok = CharTokenizer()
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": 16, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
+    path = save_model_dir(tmp_path / "m", model=build(spec), model_spec=spec, tokenizer=tok, kind="diffusion",
+                          extra={"shift_logits": True})
+    with pytest.raises(ConfigError, match="shift_logits"):
+        sample_to_jsonl(path, AncestralSampler(num_steps=4), num_samples=1, length=8, device="cpu",
+                        out=tmp_path / "s.jsonl")
+    assert not (tmp_path / "s.jsonl").exists()
