@@ -77,11 +77,7 @@ class SelfAttention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)
         k_all, v_all = k, v
         if cache is not None:
-            past = cache.read(layer_idx)
-            if past is not None:
-                k_all, v_all = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            if store_cache:
-                cache.append(layer_idx, k, v)
+            k_all, v_all = cache.extend(layer_idx, k, v, store=store_cache)
         out = attention(q, k_all, v_all, mode=self.mode, attn_mask=attn_mask, backend=self.backend)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
