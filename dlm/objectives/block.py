@@ -214,20 +214,47 @@ class BlockDiffusionLoss:
             u = u.view(b, s).gather(1, seg)
         return self.t_min + (self.t_max - self.t_min) * u
 
-    def __call__(
+    def token_losses(
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
-    ) -> LossOutput:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per token (B, L): t, weighted loss w(t)·nll on masked tokens (0 elsewhere), masked, eligible, segment id."""
         x0 = batch["input_ids"]
         positions, block_ids, doc_ids = block_layout(batch, block_size=self.block_size,
                                                      block_sizes=self.block_sizes, generator=generator)
         eligible = self.targets(batch, doc_ids)
-        t = self.sample_times(segment_ids(block_ids, doc_ids), generator)
+        seg = segment_ids(block_ids, doc_ids)
+        t = self.sample_times(seg, generator)
         xt, masked = mask_tokens(x0, 1.0 - self.schedule.alpha(t), model.mask_id, eligible=eligible,
                                  generator=generator)
         nll = block_denoise_nll(model, xt, x0, masked, positions=positions, block_ids=block_ids, doc_ids=doc_ids,
                                 attention_mask=batch.get("attention_mask"), t=t, shift_logits=self.shift_logits)
         weight = nelbo_weight(self.schedule, t).float()
-        per_seq = torch.where(masked, weight * nll, torch.zeros_like(nll)).sum(-1)
+        return t, torch.where(masked, weight * nll, torch.zeros_like(nll)), masked, eligible, seg
+
+    @torch.no_grad()
+    def segment_losses(
+        self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(t, loss) per scored segment (N,): a block's t and its summed weighted loss per eligible token.
+
+        The input of BD3-LM's clipped-interval search (``dlm.diffusion.clip_search``).
+        """
+        t, loss, _, eligible, seg = self.token_losses(model, batch, generator)
+        b, n = seg.shape
+        flat = (seg + torch.arange(b, device=seg.device)[:, None] * n).reshape(-1)  # unique per (row, segment)
+        size = b * n
+        sums = torch.zeros(size, device=seg.device).index_add_(0, flat, loss.reshape(-1).float())
+        counts = torch.zeros(size, device=seg.device).index_add_(0, flat, eligible.reshape(-1).float())
+        # t is constant within a segment, so any writer's value is the segment's t
+        t_seg = torch.zeros(size, device=seg.device).scatter_(0, flat, t.reshape(-1).float())
+        keep = counts > 0
+        return t_seg[keep], sums[keep] / counts[keep]
+
+    def __call__(
+        self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> LossOutput:
+        _, token_loss, masked, eligible, _ = self.token_losses(model, batch, generator)
+        per_seq = token_loss.sum(-1)
         num_tokens = eligible.sum()
         return LossOutput(
             loss=per_seq.sum() / num_tokens.clamp(min=1),

@@ -145,3 +145,72 @@ class SampleDuringValidation(L.Callback):
             if hasattr(logger, "log_text"):  # WandbLogger; CSV has no text tables
                 logger.log_text(key="val/samples", columns=["step", "text"], data=[[step, t] for t in texts],
                                 step=step)
+
+
+class ClipIntervalSearch(L.Callback):
+    """BD3-LM's data-driven clipped schedule: at every validation, pick the training t interval whose
+    loss estimator varies least across validation batches (``dlm.diffusion.clip_search``).
+
+    Validation itself runs on ``eval_interval`` (the full interval: val/nll stays the NELBO bound),
+    then training continues on the chosen interval. Each of the first ``max_batches`` validation
+    batches is scored once more with t on the full interval. The interval is logged
+    (``clip/t_min``, ``clip/t_max``) and saved in checkpoints, so a resumed run keeps it.
+    Needs an objective with ``t_min`` / ``t_max`` and ``segment_losses`` (``objective=block``).
+    """
+
+    def __init__(self, *, widths: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9), delta: float = 0.05,
+                 eval_interval: tuple[float, float] = (1e-3, 1.0), max_batches: int = 100, seed: int = 4321) -> None:
+        from dlm.diffusion.clip_search import clip_candidates
+
+        self.eval_interval = (float(eval_interval[0]), float(eval_interval[1]))
+        self.candidates = clip_candidates(widths, delta, self.eval_interval)
+        self.max_batches, self.seed = max_batches, seed
+        self.interval: tuple[float, float] | None = None  # the current training interval once searched
+
+    def on_fit_start(self, trainer, pl_module):
+        objective = pl_module.objective
+        if not all(hasattr(objective, a) for a in ("t_min", "t_max", "segment_losses")):
+            raise ConfigError(f"callbacks.clip_search needs a block diffusion objective (objective=block); "
+                              f"{type(objective).__name__} has no clipped t interval to search")
+        if self.interval is not None:  # restored from a checkpoint
+            self._apply(objective, self.interval)
+
+    @staticmethod
+    def _apply(objective, interval: tuple[float, float]) -> None:
+        objective.t_min, objective.t_max = max(interval[0], 1e-6), interval[1]  # t = 0 has infinite weight 1/t
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        objective = pl_module.objective
+        self._train_interval = (objective.t_min, objective.t_max)
+        objective.t_min, objective.t_max = self.eval_interval
+        self._scores: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking or batch_idx >= self.max_batches:
+            return
+        t, loss = pl_module.objective.segment_losses(pl_module.forward_model, batch, self._generator)
+        self._scores.append((t.cpu(), loss.cpu(), torch.full_like(t, len(self._scores), device="cpu")))
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        from dlm.diffusion.clip_search import best_interval, interval_stats
+
+        objective = pl_module.objective
+        objective.t_min, objective.t_max = self._train_interval
+        if trainer.sanity_checking or not self._scores:
+            return
+        t, loss, batch = (torch.cat(x) for x in zip(*self._scores, strict=True))
+        stats = interval_stats(t, loss, batch, self.candidates).to(pl_module.device)
+        stats = pl_module.all_gather(stats).reshape(-1, *stats.shape).sum(0).cpu()  # every rank: same choice
+        best = best_interval(stats, self.candidates)
+        if best is not None:
+            self.interval = best
+            self._apply(objective, best)
+        pl_module.log("clip/t_min", float(objective.t_min), rank_zero_only=True)
+        pl_module.log("clip/t_max", float(objective.t_max), rank_zero_only=True)
+
+    def state_dict(self):
+        return {"interval": self.interval}
+
+    def load_state_dict(self, state_dict):
+        self.interval = state_dict.get("interval")
