@@ -138,6 +138,9 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> L
         raise CheckpointError(f"{path / 'model.safetensors'} does not match model.json: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
+    if meta.get("shift_logits"):
+        # how its outputs are read (token i from output i - 1) travels with the model to the samplers
+        model.shift_logits = True
     schedule = build(meta.get("schedule")) if meta.get("schedule") else None
     return LoadedModel(model=model, tokenizer=load_tokenizer(path / "tokenizer"), kind=meta["kind"],
                        schedule=schedule, meta=meta, path=path)

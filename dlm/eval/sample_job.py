@@ -116,11 +116,11 @@ def sample_to_jsonl(
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     device = pick_device(device)
     loaded = load_model_dir(model_dir, device=device)
-    if loaded.meta.get("shift_logits"):
-        # token i is read from output i-1 (Dream / Fast-dLLM v2): dlm's samplers read output i
-        raise ConfigError(f"{model_dir} was trained with objective.shift_logits=true; dlm-eval-ppl scores it, but "
-                          "dlm's samplers read unshifted logits and would decode it wrongly. Train with "
-                          "shift_logits=false (SDAR / BD3-LM) to sample")
+    if loaded.meta.get("shift_logits") and not getattr(sampler, "reads_shifted_logits", False):
+        # token i is read from output i-1 (Dream / Fast-dLLM v2): only the block sampler reads it so
+        raise ConfigError(f"{model_dir} was trained with objective.shift_logits=true; {type(sampler).__name__} "
+                          "reads unshifted logits and would decode it wrongly: use a block sampler "
+                          "(sampler=block_static / block_threshold / ...)")
     ids = prompt_ids(loaded.tokenizer, prompt, kind=loaded.kind)
     check_length(length, prompt_len=len(ids), max_seq_len=getattr(loaded.model, "max_seq_len", None))
     prompt_t = torch.tensor(ids, dtype=torch.long, device=device) if ids else None

@@ -73,7 +73,15 @@ class BlockSampler:
     ``info["policy_features"]`` [(hidden, probe_entropy)]. A block without committed context (no
     prompt block) uses ``block_size`` and is not a decision. ``record_trajectory``: the canvas after
     every denoising call in ``trajectory``.
+
+    A model with ``shift_logits = True`` (trained with ``objective.shift_logits``, Dream / Fast-dLLM v2;
+    ``dlm.load`` sets the attribute from model.json) predicts token i from output i - 1: from the
+    noisy block for i - 1 inside the block, else from the clean output of the last committed token,
+    which the prefill / commit / fused pass computes anyway (no extra call). Such a model needs a
+    prompt (at least BOS): position 0 has no predecessor.
     """
+
+    reads_shifted_logits = True  # dlm-sample refuses shift_logits models for samplers without this
 
     def __init__(self, *, block_size: int | None = None, num_steps: int | None = None, policy=None,
                  order: Order = "max_prob", first_hitting: bool = False, temperature: float = 1.0,
@@ -126,7 +134,14 @@ class BlockSampler:
         generated = x == model.mask_id
         if not generated.any():
             raise ConfigError(f"the prompt fills all of length={length}: nothing to generate; raise length")
-        run = _Run(model, x, k, KVCache(model.n_layers) if self.use_cache else None, generator)
+        shift = bool(getattr(model, "shift_logits", False))
+        if shift and bool(generated[:, 0].any()):
+            raise ConfigError("this model was trained with shift_logits (token i read from output i - 1), so "
+                              "position 0 has no prediction: give a prompt (at least BOS)")
+        if shift and self.block_size_policy is not None:
+            raise ConfigError("sampler.block_size_policy is not supported for shift_logits models yet; "
+                              "use a fixed sampler.block_size")
+        run = _Run(model, x, k, KVCache(model.n_layers) if self.use_cache else None, generator, shift=shift)
         # the prompt's complete blocks (up to the first position any row must generate) are prefilled
         first = int(generated.any(0).long().argmax())
         start = first // k * k
@@ -203,9 +218,18 @@ class _Run:
     """State of one sampler call: canvas, cache, network-call counters and how each call is made."""
 
     def __init__(self, model: Denoiser, x: Tensor, block_size: int, cache: KVCache | None,
-                 generator: torch.Generator | None) -> None:
+                 generator: torch.Generator | None, shift: bool = False) -> None:
         self.model, self.x, self.block_size, self.cache, self.generator = model, x, block_size, cache, generator
         self.nfe = self.prefills = self.commits = self.probes = 0
+        # shift_logits: clean-stream logits (B, V) of the last committed token, the source of the
+        # next block's first prediction (None before anything is committed)
+        self.shift, self.carry = shift, None
+
+    def _shifted(self, out: Tensor) -> Tensor:
+        """Block logits (B, Lb, V) of a shift model from its outputs at the block's own positions:
+        [carry ; out[:, :-1]] (position 0 of a sequence, always given, gets zeros)."""
+        first = self.carry[:, None] if self.carry is not None else out.new_zeros(out[:, :1].shape)
+        return torch.cat([first, out[:, :-1]], dim=1)
 
     def _t(self, t: Tensor | float) -> Tensor | None:
         if not getattr(self.model, "time_conditioned", False):
@@ -230,13 +254,23 @@ class _Run:
         self.prefills += 1
         out = self.model(self.x[:, :n], self._t(0.0), positions=torch.arange(n, device=self.x.device),
                          attn_mask=block_causal(n, self.block_size, self.x.device), cache=self.cache,
-                         store_cache=True, return_hidden=want_hidden)
+                         store_cache=True, return_hidden=want_hidden, **self._last_logits(n))
+        if self.shift:
+            self.carry = out[:, -1]
         return out[:, -1] if want_hidden else None
+
+    def _last_logits(self, n: int) -> dict:
+        """Forward kwargs asking only for the last position's logits (a shift model's carry), when cheap."""
+        if self.shift and getattr(self.model, "computes_logits_at", False):
+            return {"logits_at": torch.full((self.x.shape[0], 1), n - 1, dtype=torch.long, device=self.x.device)}
+        return {}
 
     def commit(self, start: int, end: int, want_hidden: bool) -> Tensor | None:
         """Commit pass: K/V of the clean block into the cache; hidden (B, dim) of its last token."""
         self.commits += 1
         out = self._cached(self.x[:, start:end], start, 0.0, store=True, hidden=want_hidden)
+        if self.shift:
+            self.carry = out[:, -1]
         return out[:, -1] if want_hidden else None
 
     def fused_logits(self, pstart: int, start: int, end: int, t: Tensor) -> Tensor:
@@ -258,12 +292,15 @@ class _Run:
                   store_cache=True)
         self.nfe += 1
         self.commits += 1
+        lo = n_p - 1 if self.shift else n_p  # shift: outputs start-1 .. end-2 (start-1 = the clean block's last)
         if getattr(self.model, "computes_logits_at", False):
-            at = torch.arange(n_p, n, device=device).expand(self.x.shape[0], -1)
+            at = torch.arange(lo, lo + n - n_p, device=device).expand(self.x.shape[0], -1)
             out = self.model(self.x[:, pstart:end], t_full, logits_at=at, **kw)
         else:
-            out = self.model(self.x[:, pstart:end], t_full, **kw)[:, n_p:]
+            out = self.model(self.x[:, pstart:end], t_full, **kw)[:, lo : lo + n - n_p]
         self.cache.truncate(past + n_p)
+        if self.shift:
+            self.carry = out[:, 0]
         return out
 
     def probe(self, start: int, n: int, tokens: TokenSampling) -> Tensor:
@@ -278,7 +315,8 @@ class _Run:
     def block_logits(self, start: int, end: int, t: Tensor) -> Tensor:
         """Logits (B, Lb, V) of the block x[:, start:end] given the clean prefix (cached or recomputed)."""
         if self.cache is not None:
-            return self._cached(self.x[:, start:end], start, t)
+            out = self._cached(self.x[:, start:end], start, t)
+            return self._shifted(out) if self.shift else out
         self.nfe += 1
         b, device = self.x.shape[0], self.x.device
         t_full = None
@@ -286,7 +324,14 @@ class _Run:
             t_full = torch.zeros(b, end, device=device)
             t_full[:, start:] = t[:, None]
         kw = dict(positions=torch.arange(end, device=device), attn_mask=block_causal(end, self.block_size, device))
+        # a shift model reads outputs start-1 .. end-2 (start-1: the clean stream); at start = 0 the
+        # first position is the always-given position 0, which gets a zero placeholder
+        lo = max(start - 1, 0) if self.shift else start
         if getattr(self.model, "computes_logits_at", False):
-            at = torch.arange(start, end, device=device).expand(b, -1)
-            return self.model(self.x[:, :end], t_full, logits_at=at, **kw)
-        return self.model(self.x[:, :end], t_full, **kw)[:, start:end]
+            at = torch.arange(lo, end - (1 if self.shift else 0), device=device).expand(b, -1)
+            out = self.model(self.x[:, :end], t_full, logits_at=at, **kw)
+        else:
+            out = self.model(self.x[:, :end], t_full, **kw)[:, lo : end - (1 if self.shift else 0)]
+        if self.shift and start == 0:
+            out = torch.cat([out.new_zeros(out[:, :1].shape), out], dim=1)
+        return out

@@ -319,3 +319,48 @@ def test_validation_names_the_key():
         BlockSampler(policy=EntropyBounded(1.0))
     with pytest.raises(ConfigError, match="use_cache"):
         BlockSampler(use_cache=False, block_size_policy=FixedSizes([2]))
+
+
+class NextTokenOracle(nn.Module):
+    """A shift_logits oracle: output i puts all mass on x0[i + 1] (output L-1: on x0[0], never read)."""
+
+    time_conditioned = False
+
+    def __init__(self, x0: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("x0", x0)
+        self.vocab_size, self.mask_id = V, MASK
+
+    def forward(self, xt: Tensor, t=None, **_) -> Tensor:
+        nxt = torch.roll(self.x0, -1, dims=1)[:, : xt.shape[1]]
+        return torch.full((*xt.shape, V), -1e4).scatter(-1, nxt[..., None], 1e4)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(fuse_commit=True), dict(use_cache=False),
+                                dict(policy=ConfidenceThreshold(threshold=0.9), fuse_commit=True)])
+@pytest.mark.parametrize("prompt_len", [1, 4, 6])  # BOS only / a full prompt block / a partial one
+def test_shift_logits_model_is_read_one_position_back(kw, prompt_len):
+    x0 = torch.randint(0, MASK, (2, 14), generator=gen(3))
+    model = CachedContext(NextTokenOracle(x0), block_size=K)
+    model.shift_logits = True
+    out = BlockSampler(**kw)(model, batch_size=2, length=14, prompt=x0[:, :prompt_len], generator=gen(0))
+    assert torch.equal(out.tokens, x0)
+    model.shift_logits = False  # negative control: read unshifted, the oracle's answers land one off
+    wrong = BlockSampler(**kw)(model, batch_size=2, length=14, prompt=x0[:, :prompt_len], generator=gen(0))
+    assert not torch.equal(wrong.tokens, x0)
+
+
+def test_shift_logits_cached_fused_and_uncached_decoding_agree():
+    model = tiny(8)
+    model.shift_logits = True
+    prompt = torch.randint(0, MASK, (3, 5), generator=gen(4))
+    kw = dict(batch_size=3, length=18, prompt=prompt)
+    outs = [BlockSampler(**o)(model, **kw, generator=gen(7)).tokens
+            for o in (dict(), dict(fuse_commit=True), dict(use_cache=False))]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    # the shift is real: reading the same model unshifted gives other samples
+    model.shift_logits = False
+    assert not torch.equal(BlockSampler()(model, **kw, generator=gen(7)).tokens, outs[0])
+    model.shift_logits = True
+    with pytest.raises(ConfigError, match="prompt"):
+        BlockSampler()(model, batch_size=1, length=8, generator=gen(0))
