@@ -151,6 +151,9 @@ class BlockDiffusionLoss:
         t_granularity: one t per ``block`` (BD3-LM) or per ``sequence`` row (SDAR).
         t_sampling: ``antithetic`` (stratified over all drawn times) or ``uniform``.
         t_min, t_max: clipped interval of t (BD3-LM §3.3); the weight stays w(t).
+        resample: re-draw the masks of a block whose realised masked fraction falls outside
+            [t_min, t_max] (BD3-LM ``training.resample``; up to ``resample_tries`` times; only when
+            the interval is clipped, and blocks with no fraction inside the interval are left alone).
         shift_logits: predict token i from output i - 1 (Dream / Fast-dLLM v2).
         keep_first_token: never mask a document's first token, leave it out of the loss.
         sft: the batch carries ``prompt_mask``; prompt tokens are never masked nor counted.
@@ -172,6 +175,8 @@ class BlockDiffusionLoss:
         shift_logits: bool = False,
         keep_first_token: bool = False,
         sft: bool = False,
+        resample: bool = False,
+        resample_tries: int = 16,
     ) -> None:
         if int(block_size) < 1:
             raise ConfigError(f"objective.block_size={block_size} must be >= 1")
@@ -189,6 +194,33 @@ class BlockDiffusionLoss:
         self.t_granularity, self.t_sampling = t_granularity, t_sampling
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.shift_logits, self.keep_first_token, self.sft = shift_logits, keep_first_token, sft
+        self.resample, self.resample_tries = resample, int(resample_tries)
+
+    def resample_masks(self, masked: Tensor, mask_prob: Tensor, eligible: Tensor, seg: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Re-draw ``masked`` (B, L) in blocks whose masked fraction is outside [t_min, t_max] (BD3-LM).
+
+        A block is re-drawn only while some fraction k / n (n its eligible tokens) lies in the
+        interval; after ``resample_tries`` rounds the last draw stands.
+        """
+        b, n = seg.shape
+        flat = (seg + torch.arange(b, device=seg.device)[:, None] * n).reshape(-1)
+
+        def per_segment(v: Tensor) -> Tensor:
+            return torch.zeros(b * n, device=seg.device).index_add_(0, flat, v.reshape(-1).float())
+
+        count = per_segment(eligible)
+        # feasible: some k in [0, count] with t_min <= k / count <= t_max
+        feasible = (count > 0) & (torch.floor(self.t_max * count) >= torch.ceil(self.t_min * count))
+        for _ in range(self.resample_tries):
+            frac = per_segment(masked) / count.clamp(min=1)
+            bad = feasible & ((frac < self.t_min) | (frac > self.t_max))
+            if not bad.any():
+                break
+            redraw = bad[flat].view(b, n) & eligible
+            u = torch.rand(masked.shape, device=masked.device, generator=generator)
+            masked = torch.where(redraw, u < mask_prob, masked)
+        return masked
 
     def targets(self, batch: dict[str, Tensor], doc_ids: Tensor) -> Tensor:
         """(B, L) bool: tokens the loss scores (real, not prompt, not a kept or unpredictable first token)."""
@@ -224,8 +256,11 @@ class BlockDiffusionLoss:
         eligible = self.targets(batch, doc_ids)
         seg = segment_ids(block_ids, doc_ids)
         t = self.sample_times(seg, generator)
-        xt, masked = mask_tokens(x0, 1.0 - self.schedule.alpha(t), model.mask_id, eligible=eligible,
-                                 generator=generator)
+        mask_prob = 1.0 - self.schedule.alpha(t)
+        xt, masked = mask_tokens(x0, mask_prob, model.mask_id, eligible=eligible, generator=generator)
+        if self.resample and (self.t_min > 1e-3 or self.t_max < 1.0):
+            masked = self.resample_masks(masked, mask_prob, eligible, seg, generator)
+            xt = torch.where(masked, torch.full_like(x0, model.mask_id), x0)
         nll = block_denoise_nll(model, xt, x0, masked, positions=positions, block_ids=block_ids, doc_ids=doc_ids,
                                 attention_mask=batch.get("attention_mask"), t=t, shift_logits=self.shift_logits)
         weight = nelbo_weight(self.schedule, t).float()

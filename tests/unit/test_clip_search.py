@@ -81,3 +81,23 @@ def test_callback_validates_on_the_full_interval_then_trains_on_the_chosen_one()
     obj2 = BlockDiffusionLoss(block_size=4)
     restored.on_fit_start(trainer, SimpleNamespace(objective=obj2))
     assert (obj2.t_min, obj2.t_max) == (obj.t_min, obj.t_max)
+
+
+def test_resampling_puts_every_feasible_block_inside_the_clipped_interval():
+    obj = BlockDiffusionLoss(block_size=5, t_min=0.4, t_max=0.8, resample=True, resample_tries=64)
+    g = torch.Generator().manual_seed(0)
+    b, n = 64, 20
+    seg = torch.arange(n).div(5, rounding_mode="floor").expand(b, n)
+    eligible = torch.ones(b, n, dtype=torch.bool)
+    eligible[0, :5] = False  # a block with nothing to score stays as it is
+    prob = torch.full((b, n), 0.6)
+    masked = (torch.rand(b, n, generator=g) < prob) & eligible
+    before = masked.view(b, 4, 5).float().mean(-1)
+    out = obj.resample_masks(masked, prob, eligible, seg, g)
+    frac = out.view(b, 4, 5).float().mean(-1)[1:]
+    assert ((before[1:] < 0.4) | (before[1:] > 0.8)).any(), "the test needs blocks to fix"
+    assert ((frac >= 0.4) & (frac <= 0.8)).all()
+    assert not out[0, :5].any() and not (out & ~eligible).any()
+    # blocks already inside keep their draw
+    inside = (before >= 0.4) & (before <= 0.8)
+    assert torch.equal(out.view(b, 4, 5)[inside], masked.view(b, 4, 5)[inside])
