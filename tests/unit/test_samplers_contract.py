@@ -24,6 +24,11 @@ def build(name: str, **overrides):
 def sampler_for(name):
     if name == "block_guided":  # the classifier path is mandatory (???); the contract is the sampler's
         return build(name, guidance="null")
+    if name == "block_dynamic":  # the saved-policy path is mandatory: drive it with a constant policy
+        from dlm.models.block_policy import FixedBlockSize
+
+        cfg = compose_config("train", ["+sampler=block_dynamic", "sampler.block_size_policy=null"])
+        return instantiate(cfg.sampler, block_size_policy=FixedBlockSize(2))
     return build(name, window=6, stride=3) if name == "strided" else build(name)
 
 
