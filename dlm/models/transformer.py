@@ -101,7 +101,8 @@ class Block(nn.Module):
         self.self_attn = self_attn
         self.post_attention_layernorm = RMSNorm(dim, eps=norm_eps)
         self.mlp = SwiGLU(dim, ffn_dim)
-        self.dropout = nn.Dropout(dropout)
+        # p = 0 (every converted and inference model): no module call per sub-layer
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.adaLN_modulation = AdaLNModulation(cond_dim, dim, 6) if cond_dim is not None else None
 
     def forward(
