@@ -48,7 +48,23 @@ class StreamSampler(Sampler[int]):
             pos += self.world_size
 
 
-class TextDataModule(L.LightningDataModule):
+class StreamDataModule(L.LightningDataModule):
+    """Loaders shared by every dlm data module: ``setup`` fills ``self.datasets["train" | "eval"]``;
+    training reads the resumable seeded stream, validation a disjoint shard per rank. Subclasses set
+    ``batch_size``, ``eval_batch_size``, ``seed`` and ``num_workers``."""
+
+    datasets: dict
+
+    def train_dataloader(self):
+        return stream_loader(self.datasets["train"], self.trainer, batch_size=self.batch_size, seed=self.seed,
+                             num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        return shard_loader(self.datasets["eval"], self.trainer, batch_size=self.eval_batch_size,
+                            num_workers=self.num_workers)
+
+
+class TextDataModule(StreamDataModule):
     def __init__(self, *, tokenizer, source: str, block_size: int, mode: str = "wrap", eval_source: str | None = None,
                  text_field: str | None = None, streaming: bool = False, detokenizer: str | None = None,
                  train_split: str = "train", eval_split: str = "validation", cache_dir: str = ".cache/dlm",
@@ -87,14 +103,6 @@ class TextDataModule(L.LightningDataModule):
         for which in ("train", "eval"):
             if which not in self.datasets:
                 self.datasets[which] = self.blocks(which)
-
-    def train_dataloader(self):
-        return stream_loader(self.datasets["train"], self.trainer, batch_size=self.batch_size, seed=self.seed,
-                             num_workers=self.num_workers)
-
-    def val_dataloader(self):
-        return shard_loader(self.datasets["eval"], self.trainer, batch_size=self.eval_batch_size,
-                            num_workers=self.num_workers)
 
 
 def stream_loader(dataset, trainer, *, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch.utils.data import Dataset
 
 from dlm.data.labelled import labelled_rows, load_labelled
 from dlm.errors import ConfigError
-from dlm.train.datamodule import shard_loader, stream_loader
+from dlm.train.datamodule import StreamDataModule
 
 
 class RowDataset(Dataset):
@@ -31,7 +30,7 @@ class RowDataset(Dataset):
         return {k: v[i] for k, v in self.rows.items()}
 
 
-class LabelledDataModule(L.LightningDataModule):
+class LabelledDataModule(StreamDataModule):
     """``source`` / ``eval_source``: .jsonl files or a hub dataset (then ``train_split`` / ``eval_split``)."""
 
     def __init__(self, *, tokenizer, source: str, block_size: int, eval_source: str | None = None,
@@ -58,11 +57,3 @@ class LabelledDataModule(L.LightningDataModule):
                 texts, labels = load_labelled(self.sources[which], self.splits[which], **self.fields)
                 self.datasets[which] = RowDataset(labelled_rows(texts, labels, tokenizer=self.tokenizer,
                                                                 length=self.block_size))
-
-    def train_dataloader(self):
-        return stream_loader(self.datasets["train"], self.trainer, batch_size=self.batch_size, seed=self.seed,
-                             num_workers=self.num_workers)
-
-    def val_dataloader(self):
-        return shard_loader(self.datasets["eval"], self.trainer, batch_size=self.eval_batch_size,
-                            num_workers=self.num_workers)

@@ -3,7 +3,8 @@ CLI, then dlm-sample with sampler=block_dynamic reading the saved policy.
 
 With a large step cost the return is dominated by -step_cost x NFE/token, which falls as blocks grow
 (one commit pass per block), so the trained greedy policy must choose the largest size and match
-the best fixed size's return; an update rule with the wrong sign drives it to the smallest size."""
+the best fixed size's return; a policy that did not learn (or learned the wrong way) stays at or
+drifts towards the smaller size and fails the assertions."""
 
 import json
 
