@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mocks import CountingModel, ExactDenoiser, OracleDenoiser, RandomDenoiser
+from mocks import CachedContext, CountingModel, ExactDenoiser, OracleDenoiser, RandomDenoiser
 from torch import Tensor, nn
 
 from dlm.cache.kv import KVCache
@@ -16,46 +16,6 @@ from dlm.samplers.confidence import position_confidence
 from dlm.samplers.reveal import ConfidenceThreshold, EntropyBounded, StaticCount
 
 V, MASK, K = 16, 15, 4
-
-
-class CachedContext(nn.Module):
-    """Block-structured wrapper of a full-canvas mock: the "KV cache" holds the committed token ids.
-
-    A store_cache call appends its tokens (as layer-0 keys (B, 1, n, 1)) and positions; every call
-    evaluates ``inner`` on [cached tokens ; new tokens] (masks appended up to ``pad_to``) and returns
-    the rows of the new tokens. So a sampler's cache bookkeeping (what it prefilled and committed,
-    at which positions) decides what the inner model sees, exactly like a real KV cache.
-    """
-
-    attention = "block_causal"
-    n_layers = 1
-    computes_logits_at = True
-
-    def __init__(self, inner: nn.Module, block_size: int, pad_to: int | None = None) -> None:
-        super().__init__()
-        self.inner, self.block_size, self.pad_to = inner, block_size, pad_to
-        self.vocab_size, self.mask_id = inner.vocab_size, inner.mask_id
-        self.time_conditioned = getattr(inner, "time_conditioned", False)
-
-    def forward(self, tokens: Tensor, t=None, *, positions=None, attn_mask=None, logits_at=None,
-                cache: KVCache | None = None, store_cache: bool = False, return_hidden: bool = False, **_):
-        past = cache.read(0) if cache is not None else None
-        full = tokens if past is None else torch.cat([past[0][:, 0, :, 0].long(), tokens], 1)
-        if cache is not None:
-            expected = torch.arange(full.shape[1])[-tokens.shape[1]:]
-            assert positions is None or torch.equal(positions.cpu(), expected), "positions must follow the cache"
-        if cache is not None and store_cache:
-            cache.append(0, tokens.float()[:, None, :, None], tokens.float()[:, None, :, None])
-            cache.commit_positions(positions)
-        n = full.shape[1]
-        if self.pad_to is not None and n < self.pad_to:
-            full = torch.cat([full, full.new_full((full.shape[0], self.pad_to - n), self.mask_id)], 1)
-        out = self.inner(full, t)[:, n - tokens.shape[1]: n]
-        if return_hidden:
-            return nn.functional.one_hot(tokens, self.vocab_size).float()
-        if logits_at is not None:
-            out = out.gather(1, logits_at[..., None].expand(-1, -1, out.shape[-1]))
-        return out
 
 
 def tiny(seed: int = 0, **kw) -> Transformer:

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from hydra_helpers import compose_config
-from mocks import CountingModel, OracleDenoiser, RandomDenoiser
-from test_block_sampler import CachedContext
+from mocks import CachedContext, CountingModel, OracleDenoiser, RandomDenoiser
 
 from dlm.cli import CONF_DIR
 from dlm.errors import ConfigError
