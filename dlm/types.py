@@ -6,7 +6,7 @@ Shapes: B = batch, L = sequence length, V = vocabulary size including the mask t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ class SampleOutput:
     ``nfe`` counts forward passes (a pass over a subset of rows counts once); ``info`` holds
     sampler diagnostics such as ``row_nfe`` (B,) network evaluations per row and
     ``reveal_times`` (B, L) the diffusion time at which each position was unmasked.
+    ``trajectory`` (when a sampler is asked to record it): the canvas (B, L) after every step; then
+    ``info["step_log_probs"]`` holds, per step, the log-probability (B, L) of each token committed
+    at that step under the distribution it was drawn from (0 where nothing was committed).
     """
 
     tokens: Tensor
@@ -53,18 +56,75 @@ class NoiseSchedule(Protocol):
     def t_of_alpha(self, alpha: Tensor) -> Tensor: ...
 
 
-class Denoiser(Protocol):
-    """Any backbone: transformer, CNN, converted HF model, test mock.
+Attention = Literal["bidirectional", "causal", "block_causal"]
 
-    Called with token ids (B, L) or soft one-hot probabilities (B, L, V), optional time
-    t (B,), returns logits (B, L, V).
+
+@runtime_checkable
+class AttentionCache(Protocol):
+    """What a backbone reads and writes of a key/value cache (``dlm.cache.kv.KVCache`` today).
+
+    ``length`` tokens are held at absolute RoPE ``positions`` (S,); ``extend`` returns the held keys /
+    values of ``layer`` followed by this call's (B, H_kv, S + n, D) and keeps the new ones when
+    ``store``; ``commit_positions`` records the positions of what was just stored.
+    """
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def positions(self) -> Tensor | None: ...
+
+    def extend(self, layer: int, k: Tensor, v: Tensor, *, store: bool) -> tuple[Tensor, Tensor]: ...
+
+    def commit_positions(self, positions: Tensor) -> None: ...
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """Any backbone a sampler or evaluator runs: transformer, CNN, converted HF model, test mock.
+
+    Everything a sampler or evaluator reads is declared here, so nothing is sniffed:
+      vocab_size, mask_id    V (mask token included) and the mask token's id;
+      time_conditioned       forward needs t (MDLM); False for RADD's time-free network;
+      attention              "bidirectional" (masked diffusion), "causal" (AR), "block_causal" (block diffusion);
+      block_size             the diffusion block of a block_causal model, else None;
+      max_seq_len            the context: the largest RoPE position + 1 the model accepts;
+      shift_logits           token i is predicted at output i - 1 (Dream / Fast-dLLM v2 block models).
+
+    ``__call__(tokens_or_probs, t, *, positions, attn_mask, logits_at, cache, store_cache, return_hidden)``:
+    token ids (B, L) long or soft one-hot probabilities (B, L, V) float, time t (B,) or (B, L) (ignored
+    when not time-conditioned); ``positions`` (L,) or (B, L) RoPE positions; ``attn_mask`` a boolean
+    "may attend" mask broadcastable to (B, H, L, S) (padding: ``dlm.nn.attention.padding_mask_to_attn_mask``);
+    ``logits_at`` (B, K) long: return logits (B, K, V) at those positions only; ``cache`` an
+    ``AttentionCache`` whose tokens every query may see, extended when ``store_cache``;
+    ``return_hidden``: the final hidden states (B, L, dim) instead of logits. Returns logits (B, L, V).
     """
 
     vocab_size: int
     mask_id: int
     time_conditioned: bool
+    attention: Attention
+    block_size: int | None
+    max_seq_len: int | None
+    shift_logits: bool
 
-    def __call__(self, tokens_or_probs: Tensor, t: Tensor | None = None, **kwargs) -> Tensor: ...
+    def __call__(self, tokens_or_probs: Tensor, t: Tensor | None = None, *, positions: Tensor | None = None,
+                 attn_mask: Tensor | None = None, logits_at: Tensor | None = None,
+                 cache: AttentionCache | None = None, store_cache: bool = False,
+                 return_hidden: bool = False) -> Tensor: ...
+
+
+DENOISER_ATTRIBUTES = ("vocab_size", "mask_id", "time_conditioned", "attention", "block_size", "max_seq_len",
+                       "shift_logits")
+
+
+class RevealPolicy(Protocol):
+    """Which masked positions a confidence-ordered sampler commits at a step: confidence (B, L),
+    masked (B, L) bool -> commit (B, L) bool. ``required_order``: the score it reads (None: any)."""
+
+    required_order: str | None
+
+    def __call__(self, confidence: Tensor, masked: Tensor, step: int, num_steps: int) -> Tensor: ...
 
 
 class Objective(Protocol):
@@ -72,7 +132,10 @@ class Objective(Protocol):
 
 
 class Sampler(Protocol):
-    """Stateless between calls; owns its loop."""
+    """Stateless between calls; owns its loop. ``check_model`` refuses, before any compute, a model the
+    sampler cannot decode (wrong attention, shifted logits), naming the sampler that can."""
+
+    def check_model(self, model: Denoiser) -> None: ...
 
     def __call__(
         self,

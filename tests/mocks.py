@@ -1,12 +1,33 @@
-"""Mock denoisers with known outputs: oracle, uniform, a random deterministic network, bigram AR."""
+"""Test doubles, in one place: mock denoisers with known outputs (oracle, uniform, a random deterministic
+network, bigram AR, exact conditionals; block and causal variants), classifiers and a fake block sampler."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlm.types import DENOISER_ATTRIBUTES, SampleOutput
 
-class OracleDenoiser(nn.Module):
+
+class MockDenoiser(nn.Module):
+    """The denoiser contract (``dlm.types.Denoiser``) for mocks: declared attributes with the defaults of a
+    time-free bidirectional model, and ``logits_at`` answered by gathering the full output."""
+
+    time_conditioned = False
+    attention = "bidirectional"
+    block_size = None
+    max_seq_len = None
+    shift_logits = False
+
+    def __call__(self, *args, logits_at: Tensor | None = None, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        if logits_at is None:
+            return out
+        return out.gather(1, logits_at[..., None].expand(-1, -1, out.shape[-1]))
+
+
+class OracleDenoiser(MockDenoiser):
     """Puts all mass on the stored clean sequence x0 (B, L): the loss must be exactly 0."""
 
     time_conditioned = False
@@ -29,7 +50,7 @@ class OracleDenoiser(nn.Module):
         return logits.scatter(-1, target[..., None], 1e4)
 
 
-class UniformDenoiser(nn.Module):
+class UniformDenoiser(MockDenoiser):
     """Uniform over the first K real tokens: NELBO = n log K per sequence."""
 
     time_conditioned = False
@@ -46,7 +67,7 @@ class UniformDenoiser(nn.Module):
         return logits
 
 
-class RandomDenoiser(nn.Module):
+class RandomDenoiser(MockDenoiser):
     """A fixed random function of the whole input (B, L) -> logits (B, L, V); bidirectional.
 
     Its conditionals are arbitrary (not those of one joint), which is what a trained network
@@ -74,7 +95,7 @@ class RandomDenoiser(nn.Module):
         return (h @ self.w2).reshape(b, self.length, self.vocab_size)[:, :n]
 
 
-class BigramAR(nn.Module):
+class BigramAR(MockDenoiser):
     """Causal mock: logits at position i depend on x_i only (a bigram table)."""
 
     time_conditioned = False
@@ -107,7 +128,7 @@ class NaNAfter:
         return out
 
 
-class ExactDenoiser(nn.Module):
+class ExactDenoiser(MockDenoiser):
     """p(x0^i = v | visible tokens) computed by enumeration from a known joint over V^L sequences.
 
     joint: (V,)*L tensor of probabilities (real tokens 0..V-1; mask id = V). Every sampler driven by
@@ -144,7 +165,7 @@ class CountingModel(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner, self.calls = inner, 0
-        for name in ("vocab_size", "mask_id", "time_conditioned", "attention"):
+        for name in DENOISER_ATTRIBUTES:
             setattr(self, name, getattr(inner, name))
 
     def forward(self, *args, **kwargs):
@@ -152,7 +173,7 @@ class CountingModel(nn.Module):
         return self.inner(*args, **kwargs)
 
 
-class CachedContext(nn.Module):
+class CachedContext(MockDenoiser):
     """Block-structured wrapper of a full-canvas mock: the "KV cache" holds the committed token ids.
 
     A store_cache call appends its tokens (as layer-0 keys (B, 1, n, 1)) and positions; every call
@@ -163,15 +184,14 @@ class CachedContext(nn.Module):
 
     attention = "block_causal"
     n_layers = 1
-    computes_logits_at = True
 
     def __init__(self, inner: nn.Module, block_size: int, pad_to: int | None = None) -> None:
         super().__init__()
         self.inner, self.block_size, self.pad_to = inner, block_size, pad_to
         self.vocab_size, self.mask_id = inner.vocab_size, inner.mask_id
-        self.time_conditioned = getattr(inner, "time_conditioned", False)
+        self.time_conditioned = inner.time_conditioned
 
-    def forward(self, tokens: Tensor, t=None, *, positions=None, attn_mask=None, logits_at=None,
+    def forward(self, tokens: Tensor, t=None, *, positions=None, attn_mask=None,
                 cache=None, store_cache: bool = False, return_hidden: bool = False, **_):
         past = cache.read(0) if cache is not None else None
         full = tokens if past is None else torch.cat([past[0][:, 0, :, 0].long(), tokens], 1)
@@ -187,6 +207,150 @@ class CachedContext(nn.Module):
         out = self.inner(full, t)[:, n - tokens.shape[1]: n]
         if return_hidden:
             return nn.functional.one_hot(tokens, self.vocab_size).float()
-        if logits_at is not None:
-            out = out.gather(1, logits_at[..., None].expand(-1, -1, out.shape[-1]))
         return out
+
+
+# ---------------------------------------------------------------- block diffusion (BD3-LM / SDAR objective)
+class BlockOracle(MockDenoiser):
+    """Knows x0 (B, L): output j of [x_t ; x_0] (B, 2L) puts all mass on x0[j] (x0[j + 1] when ``shifted``)."""
+
+    time_conditioned = False
+    attention = "block_causal"
+
+    def __init__(self, x0: Tensor, shifted: bool = False, *, vocab_size: int, mask_id: int) -> None:
+        super().__init__()
+        self.x0, self.shifted, self.mask_id, self.vocab_size = x0, shifted, mask_id, vocab_size
+        self.calls: list[Tensor] = []
+
+    def forward(self, inputs: Tensor, t: Tensor | None = None, **_) -> Tensor:
+        self.calls.append(inputs)
+        target = torch.cat([self.x0, self.x0], 1)
+        if self.shifted:
+            target = torch.roll(target, -1, dims=1)
+        return torch.full((*inputs.shape, self.vocab_size), -1e4).scatter(-1, target[..., None], 1e4)
+
+
+class Uniform(UniformDenoiser):
+    """UniformDenoiser standing in for a block model; records every input it is called with."""
+
+    attention = "block_causal"
+
+    def __init__(self, k: int, vocab_size: int, mask_id: int) -> None:
+        super().__init__(k, vocab_size, mask_id)
+        self.calls: list[Tensor] = []
+
+    def forward(self, inputs: Tensor, t: Tensor | None = None, **_) -> Tensor:
+        self.calls.append(inputs)
+        return super().forward(inputs, t)
+
+
+# ---------------------------------------------------------------- autoregressive
+class NextTokenOracle(MockDenoiser):
+    """Causal oracle: output i puts all mass on x0[i + 1] (the last output on x0[-1]): AR loss exactly 0."""
+
+    time_conditioned = False
+    attention = "causal"
+
+    def __init__(self, x0: Tensor, vocab_size: int, mask_id: int) -> None:
+        super().__init__()
+        self.register_buffer("x0", x0)
+        self.vocab_size, self.mask_id = vocab_size, mask_id
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, t: Tensor | None = None, **_) -> Tensor:
+        target = torch.cat([self.x0[:, 1: x.shape[1]], self.x0[:, x.shape[1] - 1: x.shape[1]]], 1)
+        return torch.full((*x.shape, self.vocab_size), -1e4).scatter(-1, target[..., None], 1e4)
+
+
+class CausalUniform(UniformDenoiser):
+    """Uniform over the first K real tokens, declared causal (an AR model): every next token costs log K."""
+
+    attention = "causal"
+
+
+# ---------------------------------------------------------------- sequence classifiers (guidance)
+class OracleClassifier(nn.Module):
+    """Knows each row's label (B,): class logits (B, C) with all mass on it, whatever the input."""
+
+    def __init__(self, labels: Tensor, n_classes: int, vocab_size: int, mask_id: int) -> None:
+        super().__init__()
+        self.register_buffer("labels", labels)
+        self.n_classes, self.vocab_size, self.mask_id = n_classes, vocab_size, mask_id
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens_or_probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        logits = torch.full((tokens_or_probs.shape[0], self.n_classes), -1e4)
+        return logits.scatter(-1, self.labels[:, None], 1e4)
+
+
+class UniformClassifier(nn.Module):
+    """p(y | x) = 1 / C for every input: cross-entropy exactly log C."""
+
+    def __init__(self, n_classes: int, vocab_size: int, mask_id: int) -> None:
+        super().__init__()
+        self.n_classes, self.vocab_size, self.mask_id = n_classes, vocab_size, mask_id
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens_or_probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return torch.zeros(tokens_or_probs.shape[0], self.n_classes) + 0.0 * self.dummy
+
+
+class LogLinearScore(nn.Module):
+    """log p(y=0 | z) = Σ_ℓ W[ℓ, z_ℓ] exactly linear in the one-hot (class 1 gets the negated score)."""
+
+    n_classes = 2
+    max_seq_len = None
+
+    def __init__(self, length: int, vocab_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.w = nn.Parameter(torch.randn(length, vocab_size, generator=torch.Generator().manual_seed(seed)))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z = F.one_hot(x, self.vocab_size).float() if not x.is_floating_point() else x
+        s = (z * self.w[: z.shape[1]]).sum((1, 2))
+        return torch.stack([s, -s], -1)
+
+
+class LogisticScore(LogLinearScore):
+    """Two-class logistic regression on the one-hot: log p(y | z) = log_softmax([s, -s]), not linear in z."""
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return super().log_prob(x).log_softmax(-1)
+
+
+class CountZeros(nn.Module):
+    """p(y=1 | z) = sigmoid(4 (#zeros − 1.5)): class 1 = "at least two 0 tokens" (masks count as nothing)."""
+
+    vocab_size, n_classes, max_seq_len = 4, 2, None
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z = F.one_hot(x, 4).float() if not x.is_floating_point() else x
+        s = 4.0 * (z[..., 0].sum(-1) - 1.5)
+        return torch.stack([F.logsigmoid(-s), F.logsigmoid(s)], -1)
+
+
+# ---------------------------------------------------------------- block-size policy (CtrlDiff)
+class FakeBlockSampler:
+    """Fills the canvas block by block with the token id = chosen block size; ``steps_per_block`` nfe per block.
+
+    Records ``info["block_sizes"]`` and ``info["policy_features"]`` exactly as the block sampler does.
+    """
+
+    def __init__(self, policy, steps_per_block: int = 2) -> None:
+        self.policy, self.steps_per_block = policy, steps_per_block
+
+    def __call__(self, model, *, batch_size, length, prompt=None, generator=None) -> SampleOutput:
+        tokens = torch.zeros(batch_size, length, dtype=torch.long)
+        sizes, feats, pos, nfe = [], [], 0, 0
+        while pos < length:
+            hidden = torch.randn(batch_size, self.policy.dim, generator=generator)
+            entropy = torch.rand(batch_size, generator=generator)
+            size = self.policy.next_block_size(hidden, entropy, generator=generator)
+            sizes.append(size)
+            feats.append((hidden, entropy))
+            tokens[:, pos: pos + size] = size
+            pos += size
+            nfe += self.steps_per_block
+        return SampleOutput(tokens=tokens, nfe=nfe, seconds=0.0,
+                            info={"block_sizes": sizes, "policy_features": feats})

@@ -131,10 +131,10 @@ class Transformer(nn.Module):
     ``head_dim`` defaults to dim // n_heads (Qwen3 checkpoints set it explicitly);
     ``ffn_dim`` defaults to ``default_ffn_dim(dim)``; ``n_kv_heads`` to ``n_heads`` (no GQA).
     ``dropout`` is residual dropout on each sub-layer output (as MDLM's DDiT).
+    ``shift_logits``: the model was trained to predict token i at output i - 1 (the AR-style reading
+    of Dream / Fast-dLLM v2); the forward pass is unchanged, samplers and evaluators read it.
     Precision: no autocast inside; the caller (Lightning, a sampler's ``dtype``) owns it.
     """
-
-    computes_logits_at = True  # forward(..., logits_at=) evaluates the head at those positions only
 
     def __init__(
         self,
@@ -161,6 +161,7 @@ class Transformer(nn.Module):
         dropout: float = 0.0,
         attn_backend: AttentionBackend = "auto",
         init_std: float = 0.02,
+        shift_logits: bool = False,
     ) -> None:
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
@@ -183,6 +184,9 @@ class Transformer(nn.Module):
                               "pick a block size that divides the context")
         self.vocab_size, self.mask_id, self.max_seq_len = vocab_size, mask_id, max_seq_len
         self.attention, self.time_conditioned = attention, time_conditioned
+        # how the outputs are read (token i from output i - 1: Dream / Fast-dLLM v2 block models);
+        # a property of the trained weights, so it is saved with the model spec
+        self.shift_logits = shift_logits
         self.block_size = block_size if attention == "block_causal" else None
         self.dim, self.n_layers, self.init_std = dim, n_layers, init_std
         self.head_dim = head_dim or dim // n_heads

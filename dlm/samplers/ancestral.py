@@ -1,24 +1,27 @@
-"""Ancestral (MDLM / D3PM) sampler for absorbing diffusion on a uniform t-grid, with caching.
+"""Ancestral (MDLM / D3PM) sampler for absorbing diffusion on a time grid, with row caching.
 
 Step t -> s reveals every masked token independently with probability
 psi = (alpha_s - alpha_t) / (1 - alpha_t) (the absorbing posterior, MDLM Eq. 6 = RADD's Tweedie
 tau-leap) and draws its value from p_theta(x0 | xt). Whether a token is revealed does not depend
 on the network, so the network is needed only where something is revealed:
 
-* ``cache="row"`` (RADD's per-row caching): evaluate only rows that reveal a token this step.
+* ``row_cache="row"`` (RADD's per-row caching): evaluate only rows that reveal a token this step.
   Expected network evaluations per row n(1 - (1 - 1/n)^L) for the log-linear schedule.
-* ``cache="batch"`` (MDLM's ``ddpm_cache``): evaluate the whole batch when any row reveals;
+* ``row_cache="batch"`` (MDLM's ``ddpm_cache``): evaluate the whole batch when any row reveals;
   expected n(1 - (1 - 1/n)^{BL}).
-* ``cache="none"``: evaluate every step (n calls).
-All three consume the same random numbers and give identical samples. ``reveal="joint"`` is the
-reference codebases' rule instead: one (V+1)-way categorical per masked position per step
-(stay masked w.p. 1 - psi), in ``precision`` — with float32 it reproduces the low-temperature
-artifact of Zheng et al. (2024); it needs the network every step.
+* ``row_cache="none"``: evaluate every step (n calls).
+All three consume the same random numbers and give identical samples. The grid is uniform with
+``num_steps`` steps unless ``timesteps`` gives one; the last step reveals everything left.
+The reference codebases' (V+1)-way draw is its own sampler (``dlm.samplers.joint``).
+
+Per-step scalars (LSD): ``logit_scales`` c_n multiply the denoiser's logits at step n,
+``rate_scales`` kappa_n multiply psi (clipped to 1); both default to identity.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -26,92 +29,95 @@ from torch import Tensor
 
 from dlm.diffusion.posterior import unmask_probability
 from dlm.diffusion.schedule import LogLinearSchedule
-from dlm.samplers.canvas import denoise, init_canvas, padded_positions
-from dlm.samplers.categorical import Precision, TokenSampling, gumbel_argmax
+from dlm.samplers.canvas import init_canvas, padded_positions
+from dlm.samplers.categorical import Precision, TokenSampling
+from dlm.samplers.decodable import MASKED, check_decodable
+from dlm.samplers.step import DenoiseStep, Trajectory
+from dlm.samplers.timesteps import check_timesteps, uniform_timesteps
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
-Cache = Literal["none", "row", "batch"]
+RowCache = Literal["none", "row", "batch"]
 
 
 class AncestralSampler:
     """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput."""
 
-    def __init__(self, *, num_steps: int = 128, schedule: NoiseSchedule | None = None, cache: Cache = "row",
-                 reveal: Literal["bernoulli", "joint"] = "bernoulli", temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, precision: Precision = "float64") -> None:
+    decodes = MASKED
+
+    def __init__(self, *, num_steps: int = 128, timesteps: Sequence[float] | Tensor | None = None,
+                 schedule: NoiseSchedule | None = None, row_cache: RowCache = "row", temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
+                 logit_scales: Sequence[float] | Tensor | None = None,
+                 rate_scales: Sequence[float] | Tensor | None = None, record_trajectory: bool = False) -> None:
         if num_steps < 1:
             raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
-        if cache not in ("none", "row", "batch"):
-            raise ValueError(f"sampler.cache={cache!r}; valid: none, row, batch")
-        if reveal not in ("bernoulli", "joint"):
-            raise ValueError(f"sampler.reveal={reveal!r}; valid: bernoulli, joint")
-        if reveal == "joint" and cache != "none":
-            raise ValueError("sampler.reveal=joint needs the network every step: set sampler.cache=none")
-        self.num_steps = num_steps
+        if row_cache not in ("none", "row", "batch"):
+            raise ValueError(f"sampler.row_cache={row_cache!r}; valid: none, row, batch")
+        self.timesteps = check_timesteps(timesteps) if timesteps is not None else None
+        self.num_steps = num_steps if self.timesteps is None else self.timesteps.numel() - 1
+        for key, scales in (("logit_scales", logit_scales), ("rate_scales", rate_scales)):
+            if scales is not None and len(scales) != self.num_steps:
+                raise ValueError(f"sampler.{key} has {len(scales)} entries for {self.num_steps} steps")
+        self.logit_scales, self.rate_scales = logit_scales, rate_scales
         self.schedule = schedule or LogLinearSchedule()
-        self.cache, self.reveal = cache, reveal
-        self.tokens = TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p, precision=precision)
+        self.row_cache, self.record_trajectory = row_cache, record_trajectory
+        self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
+                                              sampling_precision=sampling_precision))
+
+    def check_model(self, model: Denoiser) -> None:
+        check_decodable(self, model, decodes=self.decodes)
+
+    def grid(self, device: torch.device) -> Tensor:
+        """The time grid (N + 1,) float64 on ``device``."""
+        return uniform_timesteps(self.num_steps, device) if self.timesteps is None else self.timesteps.to(device)
 
     def reveal_probability(self, t: Tensor, s: Tensor) -> Tensor:
         """P(masked at t -> revealed by s); the tau-leaping sampler overrides this."""
         return unmask_probability(self.schedule.alpha(t), self.schedule.alpha(s))
 
+    def step_psi(self, i: int, t: Tensor, s: Tensor) -> Tensor:
+        """psi of step i, times its rate scale; the last step reveals everything left."""
+        if i == self.num_steps - 1:
+            return torch.ones((), dtype=torch.float64, device=t.device)
+        psi = self.reveal_probability(t, s)
+        return psi if self.rate_scales is None else (psi * self.rate_scales[i]).clamp(max=1.0)
+
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
         device, b = x.device, batch_size
-        grid = torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64, device=device)
+        grid = self.grid(device)
         row_nfe = torch.zeros(b, dtype=torch.long, device=device)
         reveal_times = torch.zeros(x.shape, dtype=torch.float64, device=device)
+        trajectory = Trajectory() if self.record_trajectory else None
         nfe = 0
         for i in range(self.num_steps):
             masked = x == model.mask_id
-            t, s = grid[i], grid[i + 1]
-            psi = torch.ones((), dtype=torch.float64, device=device) if i == self.num_steps - 1 \
-                else self.reveal_probability(t, s)
-            t_rows = t.expand(b)
-            if self.reveal == "joint":
-                rows = masked.any(-1)
-                if not rows.any():
-                    break
-                logits = denoise(model, x, t_rows, rows)
+            t = grid[i]
+            psi = self.step_psi(i, t, grid[i + 1])
+            u = torch.rand(x.shape, dtype=torch.float64, device=device, generator=generator)
+            revealed = masked & (u < psi)
+            rows = revealed.any(-1) if self.row_cache == "row" else torch.full((b,), bool(revealed.any()),
+                                                                              device=device)
+            if self.row_cache == "none":
+                rows = masked.any(-1) | rows
+            if rows.any():
+                at, valid = padded_positions(revealed[rows])
+                scale = None if self.logit_scales is None else self.logit_scales[i]
+                self.step.commit(model, x, t.expand(b), rows, at, valid, generator, logit_scale=scale,
+                                 trajectory=trajectory)
                 nfe += 1
                 row_nfe[rows] += 1
-                new = self._joint_step(logits, x[rows], psi, model.mask_id, generator)
-                revealed = torch.zeros_like(masked)
-                revealed[rows] = new != x[rows]
-                x[rows] = new
-            else:
-                u = torch.rand(x.shape, dtype=torch.float64, device=device, generator=generator)
-                revealed = masked & (u < psi)
-                rows = revealed.any(-1) if self.cache == "row" else torch.full((b,), bool(revealed.any()),
-                                                                                  device=device)
-                if self.cache == "none":
-                    rows = masked.any(-1) | rows
-                if rows.any():
-                    at, valid = padded_positions(revealed[rows])
-                    logits = denoise(model, x, t_rows, rows, at=at)  # (R, K, V): revealed positions only
-                    nfe += 1
-                    row_nfe[rows] += 1
-                    if valid.any():
-                        draws = self.tokens.draw(logits[valid], model.mask_id, generator)
-                        xr = x[rows]
-                        xr[revealed[rows]] = draws  # row-major, ascending: the order of logits[valid]
-                        x[rows] = xr
+            elif trajectory is not None:  # a step that reveals nothing is still a step of the record
+                trajectory.add(x, torch.zeros(x.shape, device=device))
             reveal_times[revealed] = t.item()
-            if self.cache != "none" and not (x == model.mask_id).any():
+            if self.row_cache != "none" and not (x == model.mask_id).any():
                 break
+        info = {"row_nfe": row_nfe, "reveal_times": reveal_times}
+        if trajectory is not None:
+            info["step_log_probs"] = trajectory.log_probs
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
-                            info={"row_nfe": row_nfe, "reveal_times": reveal_times})
-
-    def _joint_step(self, logits: Tensor, x: Tensor, psi: Tensor, mask_id: int,
-                    generator: torch.Generator | None) -> Tensor:
-        """One (V+1)-way draw per masked position: tokens w.p. psi * p, stay masked w.p. 1 - psi."""
-        log_p = self.tokens.log_probs(logits, mask_id).double()
-        stay = torch.log1p(-psi) if psi < 1 else torch.tensor(float("-inf"), dtype=torch.float64)
-        joint = (log_p + torch.log(psi)).index_fill(-1, torch.tensor([mask_id], device=x.device), 0.0)
-        joint[..., mask_id] = stay
-        new = gumbel_argmax(joint, generator=generator, precision=self.tokens.precision)
-        return torch.where(x == mask_id, new, x)
+                            trajectory=None if trajectory is None else trajectory.canvases, info=info)

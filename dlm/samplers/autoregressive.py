@@ -7,7 +7,9 @@ import time
 import torch
 from torch import Tensor
 
+from dlm.samplers.canvas import check_length, model_device
 from dlm.samplers.categorical import Precision, filter_logits, gumbel_argmax
+from dlm.samplers.decodable import check_decodable
 from dlm.types import Denoiser, SampleOutput
 
 
@@ -18,23 +20,31 @@ class AutoregressiveSampler:
     attention, fine for baselines and tests.
     """
 
+    decodes = frozenset({"causal"})
+
     def __init__(self, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 precision: Precision = "float64") -> None:
-        self.temperature, self.top_k, self.top_p, self.precision = temperature, top_k, top_p, precision
+                 sampling_precision: Precision = "float64") -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.sampling_precision = sampling_precision
+
+    def check_model(self, model: Denoiser) -> None:
+        check_decodable(self, model, decodes=self.decodes)
 
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         if prompt is None or prompt.numel() == 0:
             raise ValueError("the autoregressive sampler needs a prompt of at least one token (e.g. BOS)")
+        check_length(length, max_seq_len=model.max_seq_len)
         start = time.perf_counter()
-        device = next(model.parameters()).device
+        device = model_device(model)
         x = (prompt.expand(batch_size, -1) if prompt.dim() == 1 else prompt).to(device)
         nfe = 0
         while x.shape[1] < length:
             logits = model(x, None)[:, -1].float()
             logits[:, model.mask_id] = float("-inf")
             logits = filter_logits(logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-            x = torch.cat([x, gumbel_argmax(logits, generator=generator, precision=self.precision)[:, None]], 1)
+            x = torch.cat([x, gumbel_argmax(logits, generator=generator, sampling_precision=self.sampling_precision)[:, None]], 1)
             nfe += 1
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start)

@@ -24,7 +24,6 @@ Shapes: B batch, Lb block length, V vocabulary (with mask), dim hidden size.
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Protocol
 
@@ -34,10 +33,11 @@ from torch import Tensor
 from dlm.cache.kv import KVCache
 from dlm.errors import ConfigError
 from dlm.nn.block_mask import block_causal_mask
-from dlm.samplers.block_reveal import BlockStep, eos_lengths, fill_after_eos
-from dlm.samplers.canvas import init_canvas
+from dlm.samplers.block_reveal import BlockStep, eos_lengths
+from dlm.samplers.canvas import fill_after_eos, init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
 from dlm.samplers.confidence import Order, position_confidence
+from dlm.samplers.decodable import check_decodable
 from dlm.samplers.reveal import StaticCount
 from dlm.types import Denoiser, SampleOutput
 
@@ -49,9 +49,11 @@ class Guidance(Protocol):
 
 
 class BlockSizePolicy(Protocol):
-    """CtrlDiff-style dynamic blocks: hidden (B, dim) of the last committed token, probe entropy (B,) -> size."""
+    """CtrlDiff-style dynamic blocks: hidden (B, dim) of the last committed token, probe entropy (B,) -> size.
+    A stochastic policy draws with the sampler's ``generator``, so it stays reproducible with it."""
 
-    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor) -> int: ...
+    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor,
+                        generator: torch.Generator | None = None) -> int: ...
 
 
 def block_causal(n: int, block_size: int, device: torch.device) -> Tensor:
@@ -81,11 +83,13 @@ class BlockSampler:
     prompt (at least BOS): position 0 has no predecessor.
     """
 
-    reads_shifted_logits = True  # dlm-sample refuses shift_logits models for samplers without this
+    # a bidirectional model is decoded block by block when sampler.block_size is given
+    decodes = frozenset({"block_causal", "bidirectional"})
+    reads_shifted_logits = True
 
     def __init__(self, *, block_size: int | None = None, num_steps: int | None = None, policy=None,
                  order: Order = "max_prob", first_hitting: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, precision: Precision = "float64",
+                 top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
                  use_cache: bool = True, eos_id: int | None = None, stop_at_eos: bool = True,
                  guidance: Guidance | None = None, block_size_policy: BlockSizePolicy | None = None,
                  record_trajectory: bool = False, fuse_commit: bool = False) -> None:
@@ -95,7 +99,7 @@ class BlockSampler:
             raise ConfigError(f"sampler.num_steps={num_steps} must be >= 1 (denoising calls per block)")
         position_confidence(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), order)  # validates order
         policy = policy or StaticCount()
-        needed = getattr(policy, "required_order", None)
+        needed = policy.required_order
         if needed is not None and order != needed and not first_hitting:
             raise ConfigError(f"sampler.policy={type(policy).__name__} reads per-position {needed}: "
                               f"set sampler.order={needed} (got {order!r})")
@@ -105,36 +109,38 @@ class BlockSampler:
         self.block_size, self.num_steps, self.use_cache = block_size, num_steps, use_cache
         self.step_rule = BlockStep(policy=policy, order=order, first_hitting=first_hitting,
                                    tokens=TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
-                                                        precision=precision), guidance=guidance)
+                                                        sampling_precision=sampling_precision),
+                                   guidance=guidance)
         self.eos_id = eos_id if stop_at_eos else None
         self.block_size_policy, self.record_trajectory = block_size_policy, record_trajectory
         # fusing the commit pass into the next block's first call needs no hidden state from it
         self.fuse_commit = fuse_commit and use_cache and block_size_policy is None
 
+    def check_model(self, model: Denoiser) -> None:
+        """Refuse a model that cannot be block-decoded (causal: convert it, or sampler=autoregressive)."""
+        check_decodable(self, model, decodes=self.decodes, reads_shifted_logits=self.reads_shifted_logits)
+        self.resolve_block_size(model)
+
     def resolve_block_size(self, model: Denoiser) -> int:
-        """Check the model can be block-decoded; the block size to use (build-time validation)."""
-        attention = getattr(model, "attention", None)
-        if attention == "causal":
-            raise ConfigError("sampler=block needs a block_causal model (model.attention=block_causal); this one "
-                              "is causal: convert it (dlm-convert + objective=block adaptation) or use "
-                              "sampler=autoregressive")
-        size = self.block_size or getattr(model, "block_size", None)
+        """The block size to use: the sampler's, else the model's diffusion block."""
+        size = self.block_size or model.block_size
         if size is None:
             raise ConfigError(f"sampler.block_size is unset and the model has no block structure "
-                              f"(model.attention={attention!r}): set sampler.block_size, or decode a block_causal "
-                              "model (train with objective=block or convert an AR checkpoint)")
+                              f"(model.attention={model.attention!r}): set sampler.block_size, or decode a "
+                              "block_causal model (train with objective=block or convert an AR checkpoint)")
         return int(size)
 
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         start_time = time.perf_counter()
         k = self.resolve_block_size(model)
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)  # checks length, prompt
         generated = x == model.mask_id
         if not generated.any():
             raise ConfigError(f"the prompt fills all of length={length}: nothing to generate; raise length")
-        shift = bool(getattr(model, "shift_logits", False))
+        shift = model.shift_logits
         if shift and bool(generated[:, 0].any()):
             raise ConfigError("this model was trained with shift_logits (token i read from output i - 1), so "
                               "position 0 has no prediction: give a prompt (at least BOS)")
@@ -181,10 +187,7 @@ class BlockSampler:
                             trajectory=trajectory, info=info)
 
     def _ask(self, hidden: Tensor, entropy: Tensor, generator: torch.Generator | None) -> int:
-        ask = self.block_size_policy.next_block_size
-        # a stochastic policy that takes the sampler's generator stays reproducible with it
-        kw = {"generator": generator} if "generator" in inspect.signature(ask).parameters else {}
-        size = int(ask(hidden, entropy, **kw))
+        size = int(self.block_size_policy.next_block_size(hidden, entropy, generator=generator))
         if size < 1:
             raise ConfigError(f"sampler.block_size_policy returned block size {size}; sizes must be >= 1")
         return size
@@ -209,7 +212,7 @@ class BlockSampler:
                                               run.generator)
             x[:, start:end] = torch.where(commit, proposal, x[:, start:end])
             if self.eos_id is not None:
-                fill_after_eos(x, generated, self.eos_id, mask_id)
+                fill_after_eos(x, self.eos_id, mask_id, generated)
             if trajectory is not None:
                 trajectory.append(x.clone())
 
@@ -232,7 +235,7 @@ class _Run:
         return torch.cat([first, out[:, :-1]], dim=1)
 
     def _t(self, t: Tensor | float) -> Tensor | None:
-        if not getattr(self.model, "time_conditioned", False):
+        if not self.model.time_conditioned:
             return None
         return torch.as_tensor(t, dtype=torch.float32, device=self.x.device).expand(self.x.shape[0])
 
@@ -254,16 +257,16 @@ class _Run:
         self.prefills += 1
         out = self.model(self.x[:, :n], self._t(0.0), positions=torch.arange(n, device=self.x.device),
                          attn_mask=block_causal(n, self.block_size, self.x.device), cache=self.cache,
-                         store_cache=True, return_hidden=want_hidden, **self._last_logits(n))
+                         store_cache=True, return_hidden=want_hidden, logits_at=self._last_logits(n))
         if self.shift:
             self.carry = out[:, -1]
         return out[:, -1] if want_hidden else None
 
-    def _last_logits(self, n: int) -> dict:
-        """Forward kwargs asking only for the last position's logits (a shift model's carry), when cheap."""
-        if self.shift and getattr(self.model, "computes_logits_at", False):
-            return {"logits_at": torch.full((self.x.shape[0], 1), n - 1, dtype=torch.long, device=self.x.device)}
-        return {}
+    def _last_logits(self, n: int) -> Tensor | None:
+        """``logits_at`` asking only for the last position's logits (a shift model's carry)."""
+        if self.shift:
+            return torch.full((self.x.shape[0], 1), n - 1, dtype=torch.long, device=self.x.device)
+        return None
 
     def commit(self, start: int, end: int, want_hidden: bool) -> Tensor | None:
         """Commit pass: K/V of the clean block into the cache; hidden (B, dim) of its last token."""
@@ -285,7 +288,7 @@ class _Run:
         mask = torch.ones(n, past + n, dtype=torch.bool, device=device)
         mask[:n_p, past + n_p:] = False
         t_full = None
-        if getattr(self.model, "time_conditioned", False):
+        if self.model.time_conditioned:
             t_full = torch.zeros(self.x.shape[0], n, device=device)
             t_full[:, n_p:] = t[:, None]
         kw = dict(positions=torch.arange(pstart, end, device=device), attn_mask=mask, cache=self.cache,
@@ -293,11 +296,8 @@ class _Run:
         self.nfe += 1
         self.commits += 1
         lo = n_p - 1 if self.shift else n_p  # shift: outputs start-1 .. end-2 (start-1 = the clean block's last)
-        if getattr(self.model, "computes_logits_at", False):
-            at = torch.arange(lo, lo + n - n_p, device=device).expand(self.x.shape[0], -1)
-            out = self.model(self.x[:, pstart:end], t_full, logits_at=at, **kw)
-        else:
-            out = self.model(self.x[:, pstart:end], t_full, **kw)[:, lo : lo + n - n_p]
+        at = torch.arange(lo, lo + n - n_p, device=device).expand(self.x.shape[0], -1)
+        out = self.model(self.x[:, pstart:end], t_full, logits_at=at, **kw)
         self.cache.truncate(past + n_p)
         if self.shift:
             self.carry = out[:, 0]
@@ -320,18 +320,15 @@ class _Run:
         self.nfe += 1
         b, device = self.x.shape[0], self.x.device
         t_full = None
-        if getattr(self.model, "time_conditioned", False):  # clean prefix at t = 0, the block at its t
+        if self.model.time_conditioned:  # clean prefix at t = 0, the block at its t
             t_full = torch.zeros(b, end, device=device)
             t_full[:, start:] = t[:, None]
         kw = dict(positions=torch.arange(end, device=device), attn_mask=block_causal(end, self.block_size, device))
         # a shift model reads outputs start-1 .. end-2 (start-1: the clean stream); at start = 0 the
         # first position is the always-given position 0, which gets a zero placeholder
         lo = max(start - 1, 0) if self.shift else start
-        if getattr(self.model, "computes_logits_at", False):
-            at = torch.arange(lo, end - (1 if self.shift else 0), device=device).expand(b, -1)
-            out = self.model(self.x[:, :end], t_full, logits_at=at, **kw)
-        else:
-            out = self.model(self.x[:, :end], t_full, **kw)[:, lo : end - (1 if self.shift else 0)]
+        at = torch.arange(lo, end - (1 if self.shift else 0), device=device).expand(b, -1)
+        out = self.model(self.x[:, :end], t_full, logits_at=at, **kw)
         if self.shift and start == 0:
             out = torch.cat([out.new_zeros(out[:, :1].shape), out], dim=1)
         return out

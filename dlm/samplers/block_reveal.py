@@ -38,7 +38,7 @@ class BlockStep:
         lp = log_p[masked]  # (N, V), row-major over masked positions
         # same draw as TokenSampling.draw, but from the (possibly guided) log-probs
         candidate = lp.argmax(-1) if self.tokens.temperature == 0 else \
-            gumbel_argmax(lp, generator=generator, precision=self.tokens.precision)
+            gumbel_argmax(lp, generator=generator, sampling_precision=self.tokens.sampling_precision)
         proposal = torch.full_like(masked, mask_id, dtype=torch.long)
         proposal[masked] = candidate
         if self.first_hitting:
@@ -50,13 +50,6 @@ class BlockStep:
             conf[masked] = position_confidence(lp, candidate, self.order, generator).float()
             commit = self.policy(conf, masked, step, num_steps) & masked
         return commit, proposal
-
-
-def fill_after_eos(x: Tensor, generated: Tensor, eos_id: int, mask_id: int) -> None:
-    """In place: masks after a row's first generated EOS become EOS (the row has ended). x, generated (B, L)."""
-    is_eos = (x == eos_id) & generated
-    after = is_eos.long().cumsum(-1) - is_eos.long() > 0  # strictly after the first EOS
-    x[after & (x == mask_id)] = eos_id
 
 
 def eos_lengths(x: Tensor, generated: Tensor, eos_id: int | None) -> Tensor:

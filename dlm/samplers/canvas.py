@@ -1,4 +1,4 @@
-"""The sequence being generated: prompt / infilling setup, and network calls on a subset of rows.
+"""The sequence being generated: length checks, prompt / infilling setup, EOS bookkeeping.
 
 A prompt is (P,) or (B, P) with P <= length: its tokens are fixed, except positions holding
 ``mask_id``, which are generated (infilling); positions P..length-1 are generated too.
@@ -19,19 +19,27 @@ def model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def check_length(model, length: int) -> None:
-    """Refuse a canvas longer than the model's context before any compute is spent."""
-    max_len = getattr(model, "max_seq_len", None)
-    if max_len is not None and length > max_len:
+def check_length(length: int, *, max_seq_len: int | None, prompt_len: int | None = None, key: str = "length") -> None:
+    """Refuse, before any compute, a canvas the model cannot attend over or one the prompt already fills.
+
+    ``prompt_len`` None: the prompt is checked elsewhere (infilling templates may fill the canvas).
+    """
+    if length < 1:
+        raise ConfigError(f"{key}={length} must be >= 1")
+    if max_seq_len is not None and length > max_seq_len:
         raise ConfigError(
-            f"length={length} exceeds model.max_seq_len={max_len}; generate in windows with "
-            f"sampler=strided (sampler.stride=...), extend the context with NTK RoPE scaling, or lower length"
+            f"{key}={length} exceeds the model's context model.max_seq_len={max_seq_len}; lower {key}, generate "
+            "in windows with sampler=strided (sampler.stride=...) or in blocks, or extend the context with NTK "
+            "RoPE scaling (rope_scaling=...)"
         )
+    if prompt_len is not None and prompt_len >= length:
+        raise ConfigError(f"the prompt is {prompt_len} tokens (BOS included), which leaves nothing to generate "
+                          f"at {key}={length}; raise {key} or shorten the prompt")
 
 
 def init_canvas(model, *, batch_size: int, length: int, prompt: Tensor | None) -> Tensor:
     """All-mask canvas (B, length) with the prompt written in; masked entries are to be generated."""
-    check_length(model, length)
+    check_length(length, max_seq_len=model.max_seq_len)
     device = model_device(model)
     x = torch.full((batch_size, length), model.mask_id, dtype=torch.long, device=device)
     if prompt is not None:
@@ -45,25 +53,6 @@ def init_canvas(model, *, batch_size: int, length: int, prompt: Tensor | None) -
     return x
 
 
-def denoise(model, x: Tensor, t: Tensor | None, rows: Tensor | None = None, at: Tensor | None = None) -> Tensor:
-    """Logits of ``model`` for x[rows] (all rows when None); t (B,) is sliced alike.
-
-    ``at`` (R, K) asks for the logits of K positions per row only -> (R, K, V); a model whose
-    forward accepts ``logits_at`` computes just those, any other is evaluated fully and gathered.
-    Without ``at``: (R, L, V).
-    """
-    if rows is not None:
-        x = x[rows]
-        t = t[rows] if t is not None else None
-    t = t.float() if (t is not None and model.time_conditioned) else None
-    if at is None:
-        return model(x, t)
-    if getattr(model, "computes_logits_at", False):
-        return model(x, t, logits_at=at)
-    logits = model(x, t)
-    return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
-
-
 def padded_positions(select: Tensor) -> tuple[Tensor, Tensor]:
     """Selected positions of each row, left-aligned and padded: (R, K) ids and (R, K) validity.
 
@@ -75,3 +64,13 @@ def padded_positions(select: Tensor) -> tuple[Tensor, Tensor]:
     order = (~select).long().argsort(dim=-1, stable=True)[:, :k]  # selected positions first, ascending
     valid = torch.arange(k, device=select.device)[None] < count[:, None]
     return order, valid
+
+
+def fill_after_eos(x: Tensor, eos_id: int, mask_id: int, generated: Tensor | None = None) -> None:
+    """In place: masks after a row's first EOS become EOS (the row has ended; no network call is spent
+    on padding). x (B, L); ``generated`` (B, L) bool limits which EOS count (a prompt's EOS does not)."""
+    is_eos = x == eos_id
+    if generated is not None:
+        is_eos = is_eos & generated
+    after = is_eos.long().cumsum(-1) - is_eos.long() > 0  # strictly after the first EOS
+    x[after & (x == mask_id)] = eos_id

@@ -19,9 +19,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlm.samplers.canvas import denoise, init_canvas
+from dlm.samplers.canvas import fill_after_eos, init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
+from dlm.samplers.decodable import MASKED, check_decodable
 from dlm.samplers.reveal import StaticCount
+from dlm.samplers.step import DenoiseStep, Trajectory
 from dlm.types import Denoiser, SampleOutput
 
 Order = Literal["random", "max_prob", "margin", "entropy"]
@@ -43,11 +45,17 @@ def position_confidence(log_p: Tensor, candidate: Tensor, order: Order, generato
 
 
 class ConfidenceSampler:
-    """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput."""
+    """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput.
+
+    ``record_trajectory``: the canvas after every call and the log-probabilities of the committed
+    tokens (``SampleOutput.trajectory``, ``info["step_log_probs"]``).
+    """
+
+    decodes = MASKED
 
     def __init__(self, *, num_steps: int = 64, order: Order = "max_prob", policy=None, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, precision: Precision = "float64",
-                 fill_after_eos: bool = False, eos_id: int | None = None) -> None:
+                 top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
+                 fill_after_eos: bool = False, eos_id: int | None = None, record_trajectory: bool = False) -> None:
         if num_steps < 1:
             raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
         position_confidence(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), order)  # validates order
@@ -55,16 +63,23 @@ class ConfidenceSampler:
             raise ValueError("sampler.fill_after_eos=true needs sampler.eos_id (the tokenizer's EOS id)")
         self.num_steps, self.order = num_steps, order
         self.policy = policy or StaticCount()
-        self.tokens = TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p, precision=precision)
-        self.fill_after_eos, self.eos_id = fill_after_eos, eos_id
+        self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
+                                              sampling_precision=sampling_precision))
+        self.fill_after_eos, self.eos_id, self.record_trajectory = fill_after_eos, eos_id, record_trajectory
+
+    def check_model(self, model: Denoiser) -> None:
+        check_decodable(self, model, decodes=self.decodes)
 
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
         num_steps = min(self.num_steps, length)
         row_nfe = torch.zeros(batch_size, dtype=torch.long, device=x.device)
+        trajectory = Trajectory() if self.record_trajectory else None
+        tokens = self.step.tokens
         nfe = 0
         for step in range(num_steps):
             masked = x == model.mask_id
@@ -73,12 +88,12 @@ class ConfidenceSampler:
                 break
             # a time-free network ignores t; a time-conditioned one sees the current mask ratio
             t = masked.float().mean(-1)
-            logits = denoise(model, x, t, rows)
+            logits = self.step.logits(model, x, t, rows=rows)
             nfe += 1
             row_nfe[rows] += 1
             m = masked[rows]
-            log_p = self.tokens.log_probs(logits[m], model.mask_id)
-            candidate = self.tokens.draw(logits[m], model.mask_id, generator)
+            log_p = tokens.log_probs(logits[m], model.mask_id)
+            candidate = tokens.draw(logits[m], model.mask_id, generator)
             conf = torch.full(m.shape, float("-inf"), device=x.device)
             conf[m] = position_confidence(log_p, candidate, self.order, generator).float()
             commit = self.policy(conf, m, step, num_steps)
@@ -87,11 +102,16 @@ class ConfidenceSampler:
             xr = x[rows]
             xr[commit] = proposal[commit]
             x[rows] = xr
+            if trajectory is not None:
+                lp = torch.zeros(m.shape, device=x.device)
+                lp[m] = log_p.gather(-1, candidate[:, None])[:, 0]
+                step_lp = torch.zeros(x.shape, device=x.device)
+                step_lp[rows] = torch.where(commit, lp, torch.zeros_like(lp))
+                trajectory.add(x, step_lp)
             if self.fill_after_eos:
-                x = self._fill_after_eos(x, model.mask_id)
-        return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start, info={"row_nfe": row_nfe})
-
-    def _fill_after_eos(self, x: Tensor, mask_id: int) -> Tensor:
-        is_eos = x == self.eos_id
-        after = is_eos.cumsum(-1) - is_eos.long() > 0  # strictly after the first EOS
-        return torch.where(after & (x == mask_id), torch.full_like(x, self.eos_id), x)
+                fill_after_eos(x, self.eos_id, model.mask_id)
+        info = {"row_nfe": row_nfe}
+        if trajectory is not None:
+            info["step_log_probs"] = trajectory.log_probs
+        return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
+                            trajectory=None if trajectory is None else trajectory.canvases, info=info)

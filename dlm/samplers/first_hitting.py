@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from dlm.diffusion.schedule import LogLinearSchedule
-from dlm.samplers.canvas import denoise, init_canvas
+from dlm.samplers.canvas import init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
+from dlm.samplers.decodable import MASKED, check_decodable
+from dlm.samplers.step import DenoiseStep, Trajectory
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
 
@@ -29,20 +31,31 @@ def next_hitting_time(schedule: NoiseSchedule, tau: Tensor, n: Tensor, u: Tensor
 
 
 class FirstHittingSampler:
-    """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput."""
+    """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput.
+
+    ``record_trajectory``: the canvas after every call and the log-probabilities of the committed
+    tokens (``SampleOutput.trajectory``, ``info["step_log_probs"]``).
+    """
+
+    decodes = MASKED
 
     def __init__(self, *, schedule: NoiseSchedule | None = None, tokens_per_step: int = 1,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 precision: Precision = "float64") -> None:
+                 sampling_precision: Precision = "float64", record_trajectory: bool = False) -> None:
         if tokens_per_step < 1:
             raise ValueError(f"sampler.tokens_per_step={tokens_per_step} must be >= 1")
         self.schedule = schedule or LogLinearSchedule()
-        self.tokens_per_step = tokens_per_step
-        self.tokens = TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p, precision=precision)
+        self.tokens_per_step, self.record_trajectory = tokens_per_step, record_trajectory
+        self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
+                                              sampling_precision=sampling_precision))
+
+    def check_model(self, model: Denoiser) -> None:
+        check_decodable(self, model, decodes=self.decodes)
 
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
         device = x.device
@@ -50,6 +63,7 @@ class FirstHittingSampler:
         tau = torch.ones(batch_size, dtype=torch.float64, device=device)
         row_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         reveal_times = torch.zeros(x.shape, dtype=torch.float64, device=device)
+        trajectory = Trajectory() if self.record_trajectory else None
         nfe = 0
         while True:
             masked = x == model.mask_id
@@ -70,13 +84,15 @@ class FirstHittingSampler:
             scores = torch.rand(x.shape, device=device, generator=generator).masked_fill(~masked, -1.0)
             at = scores.argsort(-1, descending=True)[:, : self.tokens_per_step]  # (B, K)
             valid = torch.arange(at.shape[1], device=device)[None] < k[:, None]
-            logits = denoise(model, x, t_eval, rows, at=at[rows])  # (R, K, V): the chosen positions only
+            # one call at the chosen positions only, (R, K, V)
+            self.step.commit(model, x, t_eval, rows, at[rows], valid[rows], generator, trajectory=trajectory)
             nfe += 1
             row_nfe[rows] += 1
             sel = valid & rows[:, None]
-            x[torch.arange(batch_size, device=device)[:, None].expand_as(at)[sel], at[sel]] = \
-                self.tokens.draw(logits[valid[rows]], model.mask_id, generator)
             for j in range(at.shape[1]):
                 reveal_times[sel[:, j], at[sel[:, j], j]] = times[j][sel[:, j]]
+        info = {"row_nfe": row_nfe, "reveal_times": reveal_times}
+        if trajectory is not None:
+            info["step_log_probs"] = trajectory.log_probs
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
-                            info={"row_nfe": row_nfe, "reveal_times": reveal_times})
+                            trajectory=None if trajectory is None else trajectory.canvases, info=info)

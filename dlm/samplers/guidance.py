@@ -33,12 +33,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlm.errors import ConfigError
+from dlm.samplers.canvas import model_device
 
 GuidanceMode = Literal["exact", "first_order"]
 
 
 class GuidanceClassifier(Protocol):
+    """An ``nn.Module`` with ``log_prob(tokens_or_probs) -> (B, C)``; ``max_seq_len`` None = unbounded."""
+
     vocab_size: int
+    n_classes: int
+    max_seq_len: int | None
 
     def log_prob(self, tokens_or_probs: Tensor) -> Tensor: ...  # (B, C)
 
@@ -56,8 +61,8 @@ class ClassifierGuidance:
             raise ConfigError(f"sampler.guidance.mode={mode!r}; valid: 'exact', 'first_order'")
         if gamma < 0:
             raise ConfigError(f"sampler.guidance.gamma={gamma} must be >= 0 (0 disables guidance)")
-        n_classes = getattr(classifier, "n_classes", None)
-        if n_classes is not None and not 0 <= target_class < n_classes:
+        n_classes = classifier.n_classes
+        if not 0 <= target_class < n_classes:
             raise ConfigError(f"sampler.guidance.target_class={target_class} is not a class of this classifier "
                               f"(n_classes={n_classes}); choose one in [0, {n_classes})")
         if chunk_size < 1:
@@ -83,7 +88,7 @@ class ClassifierGuidance:
 
     def _crop(self, tokens: Tensor, block_start: int) -> tuple[Tensor, int]:
         """Keep the last ``max_seq_len`` tokens: the classifier's context is the nearest prefix + the block."""
-        max_len = getattr(self.classifier, "max_seq_len", None)
+        max_len = self.classifier.max_seq_len
         if max_len is None or tokens.shape[1] <= max_len:
             return tokens, block_start
         if tokens.shape[1] - block_start > max_len:
@@ -94,9 +99,7 @@ class ClassifierGuidance:
 
     def _place(self, device: torch.device) -> None:
         # the sampler owns the device; follow it once rather than failing on the first call
-        params = getattr(self.classifier, "parameters", None)
-        first = next(params(), None) if params is not None else None
-        if first is not None and first.device != device:
+        if model_device(self.classifier) != device:
             self.classifier.to(device)
 
     def _log_py(self, x: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 ``policy(confidence (B, L), masked (B, L) bool, step, num_steps) -> commit (B, L) bool``; every
 row with a masked position commits at least one, so decoding always terminates in num_steps.
+``required_order``: the confidence score the policy reads (``None``: any), checked at build time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def top_confidence(confidence: Tensor, masked: Tensor, count: Tensor) -> Tensor:
 class StaticCount:
     """Commit an even share of the remaining masks each step: ceil(n_masked / steps_left)."""
 
+    required_order: str | None = None
+
     def __call__(self, confidence: Tensor, masked: Tensor, step: int, num_steps: int) -> Tensor:
         steps_left = max(1, num_steps - step)
         count = (masked.sum(-1) + steps_left - 1) // steps_left
@@ -32,6 +35,8 @@ class ConfidenceThreshold:
     On the last step everything left is committed. threshold = 1 commits exactly one token per
     step (unless several are certain), i.e. confidence-ordered token-by-token decoding.
     """
+
+    required_order: str | None = None
 
     def __init__(self, threshold: float = 0.9) -> None:
         if not 0.0 < threshold <= 1.0:

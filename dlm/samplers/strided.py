@@ -18,17 +18,24 @@ from dlm.types import Denoiser, SampleOutput, Sampler
 
 
 class StridedSampler:
+    """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput; ``length`` may exceed
+    the model's context. ``window`` defaults to the model's ``max_seq_len``."""
+
     def __init__(self, *, sampler: Sampler, stride: int, window: int | None = None) -> None:
         if stride < 1:
             raise ValueError(f"sampler.stride={stride} must be >= 1")
         self.inner, self.stride, self.window = sampler, stride, window
 
+    def check_model(self, model: Denoiser) -> None:
+        self.inner.check_model(model)
+
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SampleOutput:
+        self.check_model(model)
         start = time.perf_counter()
-        window = self.window or getattr(model, "max_seq_len", length)
-        check_length(model, window)
+        window = self.window or model.max_seq_len or length
+        check_length(window, max_seq_len=model.max_seq_len, key="sampler.window")
         if self.stride > window:
             raise ValueError(f"sampler.stride={self.stride} exceeds the window of {window} tokens")
         first = self.inner(model, batch_size=batch_size, length=min(window, length), prompt=prompt,

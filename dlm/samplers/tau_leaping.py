@@ -4,8 +4,8 @@
 for absorbing diffusion with a SUBS denoiser it coincides with the ancestral step.
 ``method="euler"``: first-order, psi = rate(t) * (t - s) with rate -alpha'(t)/(1 - alpha(t)); equal to
 Tweedie on a uniform log-linear grid (RADD D.4), different for other schedules. The last step
-reveals everything left (RADD sets psi > 1 there). The loop, caching and NFE accounting are the
-ancestral sampler's.
+reveals everything left (RADD sets psi > 1 there). The loop, time grid, row caching, per-step scalars
+and NFE accounting are the ancestral sampler's.
 """
 
 from __future__ import annotations

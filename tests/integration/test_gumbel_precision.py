@@ -22,7 +22,7 @@ def unmask_rate(precision: str, draws: int = 200_000, chunk: int = 100) -> float
     g = torch.Generator().manual_seed(0)
     hits = 0
     for _ in range(draws // chunk):
-        hits += int((gumbel_argmax(logits.expand(chunk, -1), generator=g, precision=precision) != 0).sum())
+        hits += int((gumbel_argmax(logits.expand(chunk, -1), generator=g, sampling_precision=precision) != 0).sum())
     return hits / draws
 
 

@@ -14,6 +14,7 @@ from dlm.nn.time_embedding import AdaLNModulation
 from dlm.samplers.block import BlockSampler
 from dlm.samplers.confidence import position_confidence
 from dlm.samplers.reveal import ConfidenceThreshold, EntropyBounded, StaticCount
+from dlm.types import DENOISER_ATTRIBUTES
 
 V, MASK, K = 16, 15, 4
 
@@ -114,8 +115,7 @@ class CallLog:
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.starts = model, []
-        for name in ("vocab_size", "mask_id", "time_conditioned", "attention", "block_size", "n_layers",
-                     "max_seq_len", "computes_logits_at"):
+        for name in (*DENOISER_ATTRIBUTES, "n_layers"):
             setattr(self, name, getattr(model, name))
 
     def parameters(self):
@@ -236,7 +236,7 @@ class FixedSizes:
     def __init__(self, sizes):
         self.sizes, self.seen = list(sizes), []
 
-    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor) -> int:
+    def next_block_size(self, hidden: Tensor, probe_entropy: Tensor, generator=None) -> int:
         self.seen.append((hidden.shape, probe_entropy.shape))
         return self.sizes[(len(self.seen) - 1) % len(self.sizes)]
 
@@ -267,7 +267,7 @@ def test_validation_names_the_key():
     model = tiny()
     with pytest.raises(ConfigError, match="prompt length 9 exceeds length=8"):
         BlockSampler()(model, batch_size=1, length=8, prompt=torch.zeros(9, dtype=torch.long))
-    with pytest.raises(ConfigError, match="length=40 exceeds model.max_seq_len=32.*NTK"):
+    with pytest.raises(ConfigError, match="length=40 exceeds the model.s context model.max_seq_len=32.*NTK"):
         BlockSampler()(model, batch_size=1, length=40)
     with pytest.raises(ConfigError, match="nothing to generate"):
         BlockSampler()(model, batch_size=1, length=4, prompt=torch.zeros(4, dtype=torch.long))

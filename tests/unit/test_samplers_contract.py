@@ -71,7 +71,7 @@ def test_infilling_keeps_given_tokens(name):
 def test_length_beyond_context_and_long_prompt_are_refused():
     model = RandomDenoiser(L, V, MASK)
     model.max_seq_len = L
-    with pytest.raises(ConfigError, match="length=12 exceeds model.max_seq_len=10"):
+    with pytest.raises(ConfigError, match="length=12 exceeds the model.s context model.max_seq_len=10"):
         build("first_hitting")(model, batch_size=1, length=12)
     with pytest.raises(ConfigError, match="prompt length 11"):
         build("first_hitting")(model, batch_size=1, length=10, prompt=torch.zeros(11, dtype=torch.long))

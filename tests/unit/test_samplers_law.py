@@ -34,7 +34,7 @@ def empirical_tv(tokens, joint):
 @pytest.mark.parametrize("sampler", [
     FirstHittingSampler(),
     FirstHittingSampler(schedule=CosineSchedule()),
-    AncestralSampler(num_steps=400, cache="row"),
+    AncestralSampler(num_steps=400, row_cache="row"),
     ConfidenceSampler(num_steps=3, order="random", temperature=1.0),
 ], ids=["first_hitting", "first_hitting_cosine", "ancestral_400", "random_order"])
 def test_sampler_matches_the_exact_joint(sampler):
@@ -61,7 +61,7 @@ def test_first_hitting_timing_law_matches_theory_and_ancestral():
     length, rows = 8, 4000
     model = RandomDenoiser(length, 4, 3, seed=0)
     fhs = FirstHittingSampler()(model, batch_size=rows, length=length, generator=torch.Generator().manual_seed(1))
-    anc = AncestralSampler(num_steps=1000, cache="row")(model, batch_size=rows, length=length,
+    anc = AncestralSampler(num_steps=1000, row_cache="row")(model, batch_size=rows, length=length,
                                                         generator=torch.Generator().manual_seed(2))
     f, a = order_statistics(fhs.info["reveal_times"]), order_statistics(anc.info["reveal_times"])
     for k in range(length):
@@ -86,7 +86,7 @@ def test_next_hitting_time_is_the_max_of_n_uniform_hitting_times():
 def test_per_row_and_batch_caching_give_identical_samples_and_the_nfe_formula():
     length, n_steps, rows = 16, 64, 400
     model = RandomDenoiser(length, 6, 5, seed=3)
-    outs = {c: AncestralSampler(num_steps=n_steps, cache=c)(model, batch_size=rows, length=length,
+    outs = {c: AncestralSampler(num_steps=n_steps, row_cache=c)(model, batch_size=rows, length=length,
                                                              generator=torch.Generator().manual_seed(7))
             for c in ("none", "row", "batch")}
     assert torch.equal(outs["none"].tokens, outs["row"].tokens)
@@ -95,7 +95,7 @@ def test_per_row_and_batch_caching_give_identical_samples_and_the_nfe_formula():
     mean_row = outs["row"].info["row_nfe"].double().mean().item()
     assert abs(mean_row - expected_row) / expected_row < 0.03, (mean_row, expected_row)
     assert outs["none"].nfe == n_steps
-    small = AncestralSampler(num_steps=n_steps, cache="batch")(model, batch_size=2, length=length,
+    small = AncestralSampler(num_steps=n_steps, row_cache="batch")(model, batch_size=2, length=length,
                                                                generator=torch.Generator().manual_seed(1))
     assert small.nfe <= n_steps and outs["batch"].nfe <= n_steps
 

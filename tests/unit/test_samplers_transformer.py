@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from torch import nn
+from mocks import MockDenoiser
 
 from dlm.models.transformer import Transformer
 from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.first_hitting import FirstHittingSampler
+from dlm.types import DENOISER_ATTRIBUTES
 
 
 def tiny(**kw):
@@ -14,14 +15,14 @@ def tiny(**kw):
     return Transformer(vocab_size=11, mask_id=10, dim=32, n_layers=2, n_heads=2, max_seq_len=16, **kw).eval()
 
 
-class FullLogitsOnly(nn.Module):
-    """The same model without the logits_at fast path (samplers then gather from full logits)."""
+class FullLogitsOnly(MockDenoiser):
+    """The same model computing every position's logits (the mock contract gathers ``logits_at`` after)."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
-        self.vocab_size, self.mask_id, self.max_seq_len = inner.vocab_size, inner.mask_id, inner.max_seq_len
-        self.time_conditioned = inner.time_conditioned
+        for name in DENOISER_ATTRIBUTES:
+            setattr(self, name, getattr(inner, name))
 
     def forward(self, x, t=None):
         return self.inner(x, t)
@@ -36,8 +37,8 @@ def test_logits_at_equals_gathered_full_logits():
 
 
 @pytest.mark.parametrize("make", [lambda: FirstHittingSampler(), lambda: FirstHittingSampler(tokens_per_step=3),
-                                  lambda: AncestralSampler(num_steps=20, cache="row"),
-                                  lambda: AncestralSampler(num_steps=20, cache="none")],
+                                  lambda: AncestralSampler(num_steps=20, row_cache="row"),
+                                  lambda: AncestralSampler(num_steps=20, row_cache="none")],
                          ids=["fhs", "fhs_parallel", "ancestral_row", "ancestral_none"])
 @pytest.mark.parametrize("time_conditioned", [False, True])
 def test_fast_path_gives_identical_samples(make, time_conditioned):
