@@ -5,11 +5,18 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(path, *, device: str = "cpu"):
-    """Load an exported model directory: returns a ``dlm.checkpoint.LoadedModel``.
+def load(path, **overrides):
+    """Load an exported model directory: returns a ``dlm.io.model_dir.LoadedModel`` (model in eval mode,
+    tokenizer, schedule, typed ``record``, ``meta``).
 
-    Imported lazily so ``import dlm`` stays cheap and free of torch-side effects.
+    ``overrides`` are the settings that are safe after training (``dlm.io.overrides``): ``rope_scaling``
+    ("none", "ntk:<factor>", "ntk_auto:<target_len>" or a ``dlm.nn.rope`` value), ``max_seq_len``,
+    ``attn_backend``, ``dtype``, ``device``; they are recorded in ``record.overrides`` and
+    ``meta["overrides"]``. Any other name is refused with the list of valid ones. Imported lazily so
+    ``import dlm`` stays cheap and free of torch-side effects.
     """
-    from dlm.checkpoint import load_model_dir
+    from dlm.io.model_dir import load_model_dir
+    from dlm.io.overrides import check_override_names
 
-    return load_model_dir(path, device=device)
+    check_override_names(overrides)
+    return load_model_dir(path, **overrides)

@@ -54,10 +54,11 @@ def eval_ppl(cfg: DictConfig) -> None:
     d = data_settings(str(cfg.data))
     _print_json(eval_ppl_model_dir(
         cfg.model, dataset=d["dataset"], source=d["source"], split=cfg.split or d.get("eval_split", "test"),
-        block_size=cfg.block_size, mode=cfg.mode or d.get("mode", "wrap"), text_field=d.get("text_field"),
+        seq_len=cfg.seq_len, mode=cfg.mode or d.get("mode", "wrap"), text_field=d.get("text_field"),
         streaming=bool(d.get("streaming", False)), detokenizer=cfg.detokenizer or d.get("detokenizer"), batch_size=cfg.batch_size,
         num_samples=cfg.num_samples, method=cfg.method, max_tokens=cfg.max_tokens, seed=cfg.seed,
-        device=cfg.device, cache_dir=cfg.cache_dir, out=cfg.out,
+        device=cfg.device, cache_dir=cfg.cache_dir, out=cfg.out, rope_scaling=cfg.rope_scaling,
+        max_seq_len=cfg.max_seq_len,
     ))
 
 
@@ -66,8 +67,8 @@ def sample(cfg: DictConfig) -> None:
     """dlm-sample model=<dir> sampler=<name> num_samples=<n> length=<L> out=<file.jsonl>"""
     from hydra.utils import instantiate
 
-    from dlm.checkpoint import load_model_dir
     from dlm.eval.sample_job import sample_to_jsonl
+    from dlm.io.model_dir import load_model_dir
 
     # the sampler follows the schedule the model was trained with unless one is given
     loaded = load_model_dir(cfg.model)
@@ -90,7 +91,7 @@ def eval_gen(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF_DIR + "/eval", config_name="convert", version_base="1.3")
 def convert(cfg: DictConfig) -> None:
     """dlm-convert src=<HF causal-LM dir or dlm model dir> dst=<dir> [attention=block_causal block_size=4]"""
-    from dlm.convert.hf import convert as run_convert
+    from dlm.io.hf_dir import convert as run_convert
 
     _print_json(run_convert(str(cfg.src), str(cfg.dst), direction=cfg.direction, attention=cfg.attention,
                             block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type,

@@ -133,7 +133,10 @@ class Objective(Protocol):
 
 class Sampler(Protocol):
     """Stateless between calls; owns its loop. ``check_model`` refuses, before any compute, a model the
-    sampler cannot decode (wrong attention, shifted logits), naming the sampler that can."""
+    sampler cannot decode (wrong attention, shifted logits), naming the sampler that can.
+    ``extends_context``: it generates sequences longer than the model's ``max_seq_len`` (strided)."""
+
+    extends_context: bool
 
     def check_model(self, model: Denoiser) -> None: ...
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-TINY = ["model=tiny", "data.block_size=32", "batch_size=4", "trainer.val_check_interval=2",
+TINY = ["model=tiny", "data.seq_len=32", "batch_size=4", "trainer.val_check_interval=2",
         "trainer.limit_val_batches=1", "data.max_train_tokens=20000"]
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlm.io.record import Family
 from dlm.types import DENOISER_ATTRIBUTES, SampleOutput
 
 
@@ -114,7 +115,8 @@ class BigramAR(MockDenoiser):
 class NaNAfter:
     """Objective wrapper whose loss turns NaN from call ``n`` on (tests the NaN guard)."""
 
-    model_kind = "diffusion"
+    family = Family.MASKED  # the typed record the runner reads (dlm.io.record)
+    shift_logits = False
 
     def __init__(self, objective, n: int) -> None:
         self.objective, self.n, self.calls = objective, n, 0

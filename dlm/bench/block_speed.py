@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dlm.checkpoint import build, load_model_dir
+from dlm.io.atomic import write_text_atomic
+from dlm.io.model_dir import load_model_dir
+from dlm.io.spec import build
 
 
 def _hf_generate(model, prompt: torch.Tensor, gen_tokens: int) -> torch.Tensor:
@@ -51,7 +53,7 @@ def _prompts(loaded, texts: list[str], prompt_tokens: int) -> list[torch.Tensor]
 
     out = []
     for text in texts:
-        ids = prompt_ids(loaded.tokenizer, text, kind=loaded.kind)[:prompt_tokens]  # BOS first, as in training
+        ids = prompt_ids(loaded.tokenizer, text, family=loaded.family)[:prompt_tokens]  # BOS first, as in training
         if len(ids) < prompt_tokens:
             raise ValueError(f"prompt text {text[:40]!r} has fewer than prompt_tokens={prompt_tokens} tokens")
         out.append(torch.tensor([ids]))
@@ -127,8 +129,7 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
     if ppl:
         report["perplexity"] = _perplexities(block_model=block_model, **ppl)
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     print(f"{'decoder':<26} {'n':>4} {'tok/s':>8} {'x AR':>6} {'x nocache':>9} {'gen-ppl':>8}")
     for r in rows:
         print(f"{r['decoder']:<26} {r['gen_tokens']:>4} {r['tokens_per_s']:>8.1f} {r['speedup_vs_ar']:>6.2f} "
@@ -136,12 +137,12 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
     return {"out": str(path), "rows": len(rows), **({"perplexity": report["perplexity"]} if ppl else {})}
 
 
-def _perplexities(*, ar_model: str, block_model: str, source: str, split: str, block_size: int,
+def _perplexities(*, ar_model: str, block_model: str, source: str, split: str, seq_len: int,
                   max_tokens: int | None, num_samples: int) -> dict:
     """Exact AR perplexity and the block model's NELBO bound on the same held-out rows."""
     from dlm.eval.model_dir import eval_ppl_model_dir
 
-    common = dict(dataset=source, source=source, split=split, block_size=block_size, max_tokens=max_tokens,
+    common = dict(dataset=source, source=source, split=split, seq_len=seq_len, max_tokens=max_tokens,
                   num_samples=num_samples, method="quadrature", device="cpu")
     ar = eval_ppl_model_dir(ar_model, out=Path(ar_model) / "eval" / "bench_block.json", **common)
     block = eval_ppl_model_dir(block_model, out=Path(block_model) / "eval" / "bench_block.json", **common)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from dlm.checkpoint import build, load_model_dir
+from dlm.io.atomic import write_text_atomic
+from dlm.io.model_dir import load_model_dir
+from dlm.io.spec import build
 
 
 def _time_call(sampler, model, *, length: int, batch_size: int, seed: int) -> dict:
@@ -39,7 +41,7 @@ def _quality_rows(samplers: dict, *, model_dir: str, judge: str, length: int, nu
     rows = []
     for name, spec in samplers.items():
         if spec.get("schedule", "absent") is None:
-            spec = {**spec, "schedule": loaded.meta.get("schedule")}
+            spec = {**spec, "schedule": loaded.record.schedule_spec}
         with tempfile.TemporaryDirectory() as tmp:
             sampled = sample_to_jsonl(model_dir, build(spec), num_samples=num_samples, length=length,
                                       batch_size=num_samples, seed=seed, out=Path(tmp) / "s.jsonl")
@@ -111,8 +113,7 @@ def bench_sample(*, model: dict, samplers: dict, grid: list, restrict: dict | No
                   [r["speedup_vs_baseline"] for r in rows
                    if r["sampler"] == "first_hitting" and r["speedup_vs_baseline"]] or [0.0])}
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     if plot and quality_rows:
         _plot(quality_rows, Path(plot))
     print(f"{'sampler':<32} {'L':>4} {'B':>2} {'s/sample':>9} {'nfe':>5} {'speed-up':>9}")

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dlm.checkpoint import build
+from dlm.io.atomic import write_text_atomic
+from dlm.io.spec import build
 
 
 def _worker(variant: str, model_spec: dict, objective_spec: dict, batch_size: int, length: int,
@@ -93,7 +94,6 @@ def bench_train_step(*, model: dict, objective: dict, vocab_size: int = 50258, b
         print(f"{variant:<10} {r['median_s']:>14.3f} {r['tokens_per_s']:>10.0f} {r['peak_rss_mib']:>13.0f}")
     print(f"overhead ratio objective/bare = {ratio:.3f} (target <= 1.10)")
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     return {"overhead_ratio": ratio, "out": str(path),
             **{f"{v}_tokens_per_s": r["tokens_per_s"] for v, r in rows.items()}}

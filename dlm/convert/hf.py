@@ -1,4 +1,4 @@
-"""Hugging Face causal-LM checkpoints (Llama, Qwen2, Qwen3) <-> dlm model directories.
+"""Hugging Face causal-LM checkpoints (Llama, Qwen2, Qwen3) <-> dlm ``Transformer``s: the translation.
 
 dlm's ``Transformer`` uses the HF module names (``embed_tokens``, ``layers.{i}.self_attn.q_proj``,
 ``mlp.gate_proj``, ``norm``, ``lm_head``), so a family is a config translation plus a weight-name
@@ -13,30 +13,24 @@ the mean row (a neutral start for a token the model has never seen). The mask to
 (``<|mask|>``) is registered on the tokenizer at that id (``hf_tokenizer.py``), so the exported
 tokenizer and ``AutoTokenizer`` agree with the model's ``mask_id``.
 
-Exporting (``dlm_to_hf``) writes ``config.json`` (architecture class, ``mask_token_id``),
-``model.safetensors`` with HF names and the tokenizer. A dlm tokenizer without an HF form (char,
-DNA, dlm BPE) goes to ``dst/dlm_tokenizer/``: ``AutoTokenizer`` cannot read it, but
-``AutoModelForCausalLM`` + ``generate`` need only the weights, and ``hf_to_dlm`` reads it back.
+This module maps configs and weights in memory (``dlm_model_from_hf``, ``hf_model_from_dlm``); reading
+and writing the directories on either side (``hf_to_dlm``, ``dlm_to_hf``, ``convert``: what
+``dlm-convert`` runs) is storage and lives in ``dlm.io.hf_dir``.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from dlm.checkpoint import atomic_dir, load_model_dir, save_model_dir
-from dlm.convert.hf_tokenizer import MASK_TOKEN, export_tokenizer, source_tokenizer
 from dlm.errors import ConfigError
+from dlm.models.transformer import Transformer
 
 
 @dataclass(frozen=True)
-class Family:
+class HFFamily:
     """What distinguishes a family: its HF architecture class and the flags of our backbone."""
 
     architecture: str
@@ -45,15 +39,14 @@ class Family:
     renames: tuple[tuple[str, str], ...] = ()  # (hf name fragment, dlm name fragment) beyond the prefix
 
 
-FAMILIES: dict[str, Family] = {
-    "llama": Family("LlamaForCausalLM", qkv_bias=False, qk_norm=False),
-    "qwen2": Family("Qwen2ForCausalLM", qkv_bias=True, qk_norm=False),
-    "qwen3": Family("Qwen3ForCausalLM", qkv_bias=False, qk_norm=True),
+FAMILIES: dict[str, HFFamily] = {
+    "llama": HFFamily("LlamaForCausalLM", qkv_bias=False, qk_norm=False),
+    "qwen2": HFFamily("Qwen2ForCausalLM", qkv_bias=True, qk_norm=False),
+    "qwen3": HFFamily("Qwen3ForCausalLM", qkv_bias=False, qk_norm=True),
 }
-SCHEDULE = {"_target_": "dlm.diffusion.schedule.LogLinearSchedule"}  # the default of objective=block
 
 
-def _family(model_type: str) -> Family:
+def _family(model_type: str) -> HFFamily:
     if model_type not in FAMILIES:
         extra = (" GPT-2 uses learned absolute position embeddings, which the RoPE backbone does not have."
                  if model_type == "gpt2" else "")
@@ -128,53 +121,39 @@ def _grow(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([w, w.mean(0, keepdim=True)], dim=0)
 
 
-def hf_to_dlm(src: str | Path, dst: str | Path, *, attention: str = "causal", block_size: int | None = None,
-              mask_id: int | None = None, mask_token: str = MASK_TOKEN) -> dict:
-    """Convert a local HF causal-LM directory into a dlm model directory; returns a summary dict.
-
-    ``attention="causal"`` reproduces the HF logits (kind ``ar``); ``"block_causal"`` (needs
-    ``block_size`` dividing the context) gives a block-diffusion model (kind ``block``, SDAR);
-    ``"bidirectional"`` a masked-diffusion model. ``mask_id`` defaults to len(tokenizer): a spare
-    row, or a new mean row when the embedding has none (``resized`` in the summary).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from dlm.checkpoint import build
-
-    start, src = time.perf_counter(), Path(src)
-    if not (src / "config.json").is_file():
-        raise ConfigError(f"src={src} is not a Hugging Face model directory (no config.json)")
+def check_target(attention: str, block_size: int | None, max_seq_len: int) -> None:
+    """Refuse a conversion target the backbone cannot be: the attention, and a block size that divides the context."""
     if attention not in ("causal", "block_causal", "bidirectional"):
         raise ConfigError(f"attention={attention!r}; choose causal, block_causal or bidirectional")
-    cfg = AutoConfig.from_pretrained(str(src), local_files_only=True)
-    kwargs = model_kwargs_from_hf(cfg)
     if attention == "block_causal":
         if not block_size or block_size < 1:
             raise ConfigError("attention=block_causal needs block_size=<tokens per block> (SDAR uses 4)")
-        if kwargs["max_seq_len"] % block_size:
+        if max_seq_len % block_size:
             raise ConfigError(f"block_size={block_size} does not divide the context max_position_embeddings="
-                              f"{kwargs['max_seq_len']}; pick a divisor such as 4")
-    tokenizer, mask_id, resized = source_tokenizer(src, cfg.vocab_size, mask_id=mask_id, mask_token=mask_token)
-    hf = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=torch.float32)
-    state = state_hf_to_dlm(hf.state_dict(), cfg.model_type)
-    del hf
-    vocab = cfg.vocab_size + int(resized)
-    if resized:  # no spare row: grow embedding (and an untied head) by one mean row
+                              f"{max_seq_len}; pick a divisor such as 4")
+
+
+def dlm_model_from_hf(hf_state: dict[str, torch.Tensor], cfg, *, attention: str, block_size: int | None,
+                      mask_id: int, resized: bool) -> tuple[Transformer, dict]:
+    """(the dlm Transformer holding the HF weights, its JSON spec) for an HF state dict and config.
+
+    ``resized``: no spare embedding row for [MASK], so the embedding (and an untied head) grow by one
+    mean row (a neutral start for a token the model has never seen).
+    """
+    kwargs = model_kwargs_from_hf(cfg)
+    check_target(attention, block_size, kwargs["max_seq_len"])
+    state = state_hf_to_dlm(hf_state, cfg.model_type)
+    if resized:
         state["embed_tokens.weight"] = _grow(state["embed_tokens.weight"])
         if not kwargs["tie_embeddings"]:
             state["lm_head.weight"] = _grow(state["lm_head.weight"])
     if kwargs["tie_embeddings"]:
         state["lm_head.weight"] = state["embed_tokens.weight"]
-    kwargs.update(vocab_size=vocab, mask_id=mask_id, attention=attention,
+    kwargs.update(vocab_size=cfg.vocab_size + int(resized), mask_id=mask_id, attention=attention,
                   block_size=block_size if attention == "block_causal" else None)
-    model = build(kwargs)
+    model = Transformer(**{k: v for k, v in kwargs.items() if k != "_target_"})
     model.load_state_dict(state)
-    kind = {"causal": "ar", "block_causal": "block"}.get(attention, "diffusion")
-    save_model_dir(dst, model=model, model_spec=kwargs, tokenizer=tokenizer, kind=kind,
-                   schedule_spec=None if kind == "ar" else SCHEDULE,
-                   extra={"keep_first_token": False, "converted_from": {"path": str(src), "model_type": cfg.model_type}})
-    return {"src": str(src), "dst": str(dst), "direction": "to_dlm", "model_type": cfg.model_type, "mask_id": mask_id,
-            "vocab_size": vocab, "resized": resized, "kind": kind, "seconds": time.perf_counter() - start}
+    return model, kwargs
 
 
 def hf_config_from_model(model, model_type: str, tokenizer):
@@ -182,7 +161,7 @@ def hf_config_from_model(model, model_type: str, tokenizer):
     from transformers import AutoConfig
 
     fam = _family(model_type)
-    if getattr(model, "time_conditioned", False) or getattr(model, "rope_scaling", None) is not None:
+    if model.time_conditioned or model.rope_scaling is not None:
         raise ConfigError("a time-conditioned or RoPE-scaled dlm model has no Hugging Face causal-LM equivalent")
     attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
     if (attn.q_norm is not None) != fam.qk_norm or (attn.q_proj.bias is not None) != fam.qkv_bias:
@@ -200,62 +179,19 @@ def hf_config_from_model(model, model_type: str, tokenizer):
     return cfg
 
 
-def dlm_to_hf(src: str | Path, dst: str | Path, *, model_type: str | None = None,
-              mask_token: str = MASK_TOKEN) -> dict:
-    """Write a dlm model directory as a HF causal-LM directory; returns a summary dict.
-
-    ``dst`` gets ``config.json`` (``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM``,
-    ``mask_token_id``), ``model.safetensors`` with HF names, the tokenizer with its mask token (or
-    ``dlm_tokenizer/`` for a dlm tokenizer, which ``AutoTokenizer`` cannot read) and
-    ``dlm_conversion.json``. ``model_type`` defaults from the weights: q/k-norm -> qwen3, q/k/v
-    bias -> qwen2, else llama. Written atomically (a temp dir renamed when complete).
-    """
+def hf_model_from_dlm(model: Transformer, tokenizer, *, model_type: str | None = None):
+    """(the HF causal LM holding ``model``'s weights, its model_type). ``model_type`` defaults from the
+    weights: q/k-norm -> qwen3, q/k/v bias -> qwen2, else llama."""
     from transformers import AutoModelForCausalLM
 
-    start, dst = time.perf_counter(), Path(dst)
-    loaded = load_model_dir(src)
-    model = loaded.model
     attn = model.layers[0].self_attn
     model_type = model_type or ("qwen3" if attn.q_norm is not None else "qwen2" if attn.q_proj.bias is not None
                                 else "llama")
-    cfg = hf_config_from_model(model, model_type, loaded.tokenizer)
-    if model.attention != "causal":
-        warnings.warn(f"{src} is a {model.attention} ({loaded.kind}) model; as a HF causal LM it runs with causal "
-                      "attention, so its logits differ from the dlm model's", stacklevel=2)
+    cfg = hf_config_from_model(model, model_type, tokenizer)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     state = state_dlm_to_hf(model.state_dict(), model_type)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [m for m in missing if "rotary_emb" not in m and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:
         raise ConfigError(f"weights do not map onto {model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    with atomic_dir(dst) as tmp:
-        hf.save_pretrained(str(tmp))
-        hf_tokenizer = export_tokenizer(loaded.tokenizer, Path(src) / "tokenizer", tmp, mask_id=model.mask_id,
-                                        mask_token=mask_token)
-        (tmp / "dlm_conversion.json").write_text(json.dumps(
-            {"from": str(src), "mask_id": model.mask_id, "kind": loaded.kind, "attention": model.attention,
-             "block_size": model.block_size, "hf_tokenizer": hf_tokenizer}, indent=2))
-    return {"src": str(src), "dst": str(dst), "direction": "to_hf", "model_type": model_type,
-            "mask_id": model.mask_id, "vocab_size": model.vocab_size, "resized": False,
-            "hf_tokenizer": hf_tokenizer, "seconds": time.perf_counter() - start}
-
-
-def convert(src: str, dst: str, *, direction: str | None = None, attention: str = "causal",
-            block_size: int | None = None, mask_id: int | None = None, model_type: str | None = None,
-            mask_token: str = MASK_TOKEN) -> dict:
-    """Either direction; ``direction`` defaults from what ``src`` holds (config.json vs model.json)."""
-    path = Path(src)
-    if direction is None:
-        if not (path / "model.json").is_file() and not (path / "config.json").is_file():
-            raise ConfigError(f"src={src} holds neither model.json (a dlm model directory) nor config.json (a HF "
-                              "causal-LM directory); point src at one of them")
-        direction = "to_hf" if (path / "model.json").is_file() else "to_dlm"
-    if direction == "to_dlm":
-        return hf_to_dlm(src, dst, attention=attention, block_size=block_size, mask_id=mask_id,
-                         mask_token=mask_token)
-    if direction == "to_hf":
-        if mask_id is not None or attention != "causal" or block_size is not None:
-            raise ConfigError("mask_id / attention / block_size apply to direction=to_dlm; a dlm model directory "
-                              "keeps its own (leave them unset with direction=to_hf)")
-        return dlm_to_hf(src, dst, model_type=model_type, mask_token=mask_token)
-    raise ConfigError(f"direction={direction!r}; choose to_dlm or to_hf")
+    return hf, model_type

@@ -9,7 +9,7 @@ from dlm.data.detokenizers import get_detokenizer
 from dlm.data.token_cache import build_or_load_blocks
 
 
-def corpus_blocks(*, source: str, split: str, tokenizer, block_size: int, mode: str = "wrap",
+def corpus_blocks(*, source: str, split: str, tokenizer, seq_len: int, mode: str = "wrap",
                   text_field: str | None = None, streaming: bool = False, detokenizer: str | None = None,
                   cache_dir: str | Path = ".cache/dlm", max_tokens: int | None = None):
     """TokenBlocks of ``split`` of ``source`` (a conf/data corpus name, a hub name or a local file).
@@ -24,7 +24,7 @@ def corpus_blocks(*, source: str, split: str, tokenizer, block_size: int, mode: 
             yield detok(doc)
 
     return build_or_load_blocks(
-        documents_fn=documents, tokenizer=tokenizer, block_size=block_size, mode=mode, cache_dir=cache_dir,
+        documents_fn=documents, tokenizer=tokenizer, seq_len=seq_len, mode=mode, cache_dir=cache_dir,
         key_parts={**corpus_key(str(source), split, text_field=text_field), "detokenizer": detokenizer},
         max_tokens=max_tokens,
     )

@@ -108,7 +108,7 @@ def labelled_rows(texts: Sequence[str], labels: Sequence[int], *, tokenizer, len
     classifier's pooling both skip positions with attention_mask 0.
     """
     if length < 2:
-        raise ConfigError(f"data.block_size={length} must be >= 2 for labelled rows")
+        raise ConfigError(f"data.seq_len={length} must be >= 2 for labelled rows")
     bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     pad = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
     ids = torch.full((len(texts), length), pad, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""Turning tokenized documents into fixed-length rows: wrapping (packing) and padding.
+"""Turning tokenized documents into fixed-length rows of ``seq_len`` tokens: wrapping (packing) and padding.
 
 Pure numpy. The ``iter_*`` generators consume documents lazily and hold only the current
 partial row (plus the current document), so the token-cache builder streams corpora of any size.
@@ -14,26 +14,26 @@ from dlm.errors import ConfigError
 
 
 def iter_wrapped_blocks(
-    docs: Iterable[Sequence[int]], block_size: int, *, bos_id: int | None, eos_id: int | None
+    docs: Iterable[Sequence[int]], seq_len: int, *, bos_id: int | None, eos_id: int | None
 ) -> Iterator[np.ndarray]:
-    """Rows (block_size,) int64 of the concatenated document stream.
+    """Rows (seq_len,) int64 of the concatenated document stream.
 
     Every document gets ``eos_id`` appended (when given) and the documents are concatenated.
     - ``bos_id`` given (MDLM ``_group_texts``): the stream is cut into pieces of
-      ``block_size - 2`` and each row is ``[BOS] + piece + [EOS]`` (``block_size - 1`` and no
+      ``seq_len - 2`` and each row is ``[BOS] + piece + [EOS]`` (``seq_len - 1`` and no
       trailing EOS when ``eos_id`` is None). A row's final EOS is added even when the piece
       already ends with a document's EOS, exactly as MDLM does.
-    - ``bos_id`` None (SEDD/RADD ``group_texts``): rows are plain ``block_size`` chunks.
+    - ``bos_id`` None (SEDD/RADD ``group_texts``): rows are plain ``seq_len`` chunks.
     The remainder shorter than one piece is dropped. Unlike SEDD/RADD, which drop a remainder
     per ``datasets.map`` batch of 1000 documents, the stream here is global.
     """
     frame = [] if bos_id is None else [bos_id]
     tail = [] if bos_id is None or eos_id is None else [eos_id]
-    piece = block_size - len(frame) - len(tail)
+    piece = seq_len - len(frame) - len(tail)
     if piece < 1:
         raise ConfigError(
-            f"data.block_size={block_size} leaves no room for text next to the {len(frame) + len(tail)} "
-            "special tokens of each row; use a larger block_size"
+            f"data.seq_len={seq_len} leaves no room for text next to the {len(frame) + len(tail)} "
+            "special tokens of each row; use a larger data.seq_len"
         )
     head_arr, tail_arr = np.asarray(frame, dtype=np.int64), np.asarray(tail, dtype=np.int64)
     eos = np.asarray([] if eos_id is None else [eos_id], dtype=np.int64)
@@ -48,16 +48,16 @@ def iter_wrapped_blocks(
 
 
 def wrap(
-    docs: Iterable[Sequence[int]], block_size: int, *, bos_id: int | None, eos_id: int | None
+    docs: Iterable[Sequence[int]], seq_len: int, *, bos_id: int | None, eos_id: int | None
 ) -> np.ndarray:
-    """All rows of ``iter_wrapped_blocks`` as one (N, block_size) int64 array."""
-    rows = list(iter_wrapped_blocks(docs, block_size, bos_id=bos_id, eos_id=eos_id))
-    return np.stack(rows) if rows else np.empty((0, block_size), dtype=np.int64)
+    """All rows of ``iter_wrapped_blocks`` as one (N, seq_len) int64 array."""
+    rows = list(iter_wrapped_blocks(docs, seq_len, bos_id=bos_id, eos_id=eos_id))
+    return np.stack(rows) if rows else np.empty((0, seq_len), dtype=np.int64)
 
 
 def iter_padded_blocks(
     docs: Iterable[Sequence[int]],
-    block_size: int,
+    seq_len: int,
     *,
     bos_id: int | None,
     eos_id: int | None,
@@ -72,33 +72,33 @@ def iter_padded_blocks(
         raise ConfigError("data.mode=pad needs a tokenizer with a pad token (pad_id is None); use mode=wrap")
     head = [] if bos_id is None else [bos_id]
     tail = [] if eos_id is None else [eos_id]
-    room = block_size - len(head) - len(tail)
+    room = seq_len - len(head) - len(tail)
     if room < 1:
         raise ConfigError(
-            f"data.block_size={block_size} leaves no room for text next to BOS/EOS; use a larger one"
+            f"data.seq_len={seq_len} leaves no room for text next to BOS/EOS; use a larger one"
         )
     for doc in docs:
         body = np.asarray(doc, dtype=np.int64)[:room]
         real = np.concatenate([np.asarray(head, dtype=np.int64), body, np.asarray(tail, dtype=np.int64)])
-        ids = np.full(block_size, pad_id, dtype=np.int64)
+        ids = np.full(seq_len, pad_id, dtype=np.int64)
         ids[: len(real)] = real
-        mask = np.zeros(block_size, dtype=np.int64)
+        mask = np.zeros(seq_len, dtype=np.int64)
         mask[: len(real)] = 1
         yield ids, mask
 
 
 def pad(
     docs: Iterable[Sequence[int]],
-    block_size: int,
+    seq_len: int,
     *,
     bos_id: int | None,
     eos_id: int | None,
     pad_id: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All of ``iter_padded_blocks``: ids (N, L) int64 and attention_mask (N, L) int64."""
-    pairs = list(iter_padded_blocks(docs, block_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id))
+    pairs = list(iter_padded_blocks(docs, seq_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id))
     if not pairs:
-        empty = np.empty((0, block_size), dtype=np.int64)
+        empty = np.empty((0, seq_len), dtype=np.int64)
         return empty, empty.copy()
     ids, masks = zip(*pairs, strict=True)
     return np.stack(ids), np.stack(masks)

@@ -6,7 +6,7 @@ Layout of ``<cache_dir>/<key>/``::
     attention_mask.npy          (N, L) uint8, pad mode only
     meta.json                   key parts, counts, tokenizer name
 
-``key`` is the sha1 of the key parts, the tokenizer fingerprint, block size, mode, detokenizer,
+``key`` is the sha1 of the key parts, the tokenizer fingerprint, the row length, mode, detokenizer,
 ``max_tokens`` and the format version. The directory is written under a temporary name and
 renamed when complete, so a crash leaves nothing that looks like a cache; a second call with
 the same key memory-maps the files and never calls ``documents_fn``.
@@ -56,7 +56,8 @@ class TokenBlocks(Dataset):
         path = self.directory / META_FILE
         try:
             self.meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            self.block_size = int(self.meta["block_size"])
+            # caches written before the rename name the row length "block_size"
+            self.seq_len = int(self.meta["seq_len"] if "seq_len" in self.meta else self.meta["block_size"])
             self.num_tokens = int(self.meta["num_tokens"])
             self._num_blocks = int(self.meta["num_blocks"])
             self._ids_file, self._has_mask = self.meta["ids_file"], self.meta["mode"] == "pad"
@@ -84,9 +85,9 @@ class TokenBlocks(Dataset):
             raise CheckpointError(
                 f"token cache file {path} is missing or corrupt ({err}); delete {self.directory} to rebuild it"
             ) from err
-        if arr.shape != (self._num_blocks, self.block_size):
+        if arr.shape != (self._num_blocks, self.seq_len):
             raise CheckpointError(
-                f"token cache file {path} has shape {arr.shape}, meta.json says {(self._num_blocks, self.block_size)}; "
+                f"token cache file {path} has shape {arr.shape}, meta.json says {(self._num_blocks, self.seq_len)}; "
                 f"delete {self.directory} to rebuild it"
             )
         return arr
@@ -109,7 +110,7 @@ def cache_key(
     *,
     key_parts: dict[str, Any],
     tokenizer: Tokenizer,
-    block_size: int,
+    seq_len: int,
     mode: str,
     detokenizer: Callable[[str], str] | None = None,
     max_tokens: int | None = None,
@@ -119,7 +120,9 @@ def cache_key(
         {
             "key_parts": key_parts,
             "tokenizer": tokenizer.fingerprint(),
-            "block_size": block_size,
+            # hashed under the row length's former name: renaming the field would change every key and
+            # re-tokenize every existing cache (hours for OpenWebText) for no change in the rows
+            "block_size": seq_len,
             "mode": mode,
             "detokenizer": None
             if detokenizer is None
@@ -134,7 +137,7 @@ def build_or_load_blocks(
     *,
     documents_fn: Callable[[], Iterable[str]],
     tokenizer: Tokenizer,
-    block_size: int,
+    seq_len: int,
     mode: Mode,
     cache_dir: str | Path,
     key_parts: dict[str, Any],
@@ -146,12 +149,13 @@ def build_or_load_blocks(
 
     ``mode``: "wrap" = MDLM rows ``[BOS] piece [EOS]``; "pack" = SEDD/RADD plain chunks of the
     EOS-separated stream (no BOS); "pad" = one padded ``[BOS] doc [EOS]`` row per document.
-    ``max_tokens`` stops after ``ceil(max_tokens / block_size)`` rows (quick runs; part of the key).
+    ``seq_len``: tokens per row. ``max_tokens`` stops after ``ceil(max_tokens / seq_len)`` rows (quick runs;
+    part of the key).
     """
     if mode not in MODES:
         raise ConfigError(f"data.mode={mode!r} is unknown; valid: {', '.join(MODES)}")
-    if block_size < 2:
-        raise ConfigError(f"data.block_size={block_size} must be at least 2")
+    if seq_len < 2:
+        raise ConfigError(f"data.seq_len={seq_len} must be at least 2")
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError(f"max_tokens={max_tokens} must be positive, or null for the whole corpus")
     if mode == "pad" and tokenizer.pad_id is None:
@@ -159,7 +163,7 @@ def build_or_load_blocks(
             f"data.mode=pad needs a pad token, and tokenizer {tokenizer.name} has none; use data.mode=wrap"
         )
     key = cache_key(
-        key_parts=key_parts, tokenizer=tokenizer, block_size=block_size, mode=mode,
+        key_parts=key_parts, tokenizer=tokenizer, seq_len=seq_len, mode=mode,
         detokenizer=detokenizer, max_tokens=max_tokens,
     )  # fmt: skip
     root = Path(cache_dir)
@@ -174,7 +178,7 @@ def build_or_load_blocks(
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         meta = _write_blocks(
-            tmp, documents_fn(), tokenizer=tokenizer, block_size=block_size, mode=mode,
+            tmp, documents_fn(), tokenizer=tokenizer, seq_len=seq_len, mode=mode,
             detokenizer=detokenizer, max_tokens=max_tokens, show_progress=show_progress,
         )  # fmt: skip
         meta["key_parts"] = key_parts
@@ -196,7 +200,7 @@ def _write_blocks(
     documents: Iterable[str],
     *,
     tokenizer: Tokenizer,
-    block_size: int,
+    seq_len: int,
     mode: Mode,
     detokenizer: Callable[[str], str] | None,
     max_tokens: int | None,
@@ -205,7 +209,7 @@ def _write_blocks(
     # every id is < vocab_size, so uint16 holds any vocabulary of up to 2**16 entries
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     ids_file = f"ids.u{dtype.itemsize * 8}.npy"
-    max_rows = None if max_tokens is None else math.ceil(max_tokens / block_size)
+    max_rows = None if max_tokens is None else math.ceil(max_tokens / seq_len)
     progress = tqdm(
         desc=f"tokenizing ({tokenizer.name})", unit="tok", unit_scale=True, disable=not show_progress
     )
@@ -221,17 +225,17 @@ def _write_blocks(
     if mode == "pad":
         rows: Iterator[Any] = iter_padded_blocks(
             token_lists(),
-            block_size,
+            seq_len,
             bos_id=tokenizer.bos_id,
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
         )
     else:
         bos_id = tokenizer.bos_id if mode == "wrap" else None
-        rows = iter_wrapped_blocks(token_lists(), block_size, bos_id=bos_id, eos_id=tokenizer.eos_id)
+        rows = iter_wrapped_blocks(token_lists(), seq_len, bos_id=bos_id, eos_id=tokenizer.eos_id)
     rows = itertools.islice(rows, max_rows)
-    ids_out = _NpyRowWriter(directory / ids_file, dtype, block_size)
-    mask_out = _NpyRowWriter(directory / MASK_FILE, np.dtype(np.uint8), block_size) if mode == "pad" else None
+    ids_out = _NpyRowWriter(directory / ids_file, dtype, seq_len)
+    mask_out = _NpyRowWriter(directory / MASK_FILE, np.dtype(np.uint8), seq_len) if mode == "pad" else None
     num_real = 0
     try:
         while chunk := list(itertools.islice(rows, _WRITE_ROWS)):
@@ -249,12 +253,12 @@ def _write_blocks(
             mask_out.close()
     if ids_out.rows == 0:
         raise ConfigError(
-            f"the corpus gave no block of data.block_size={block_size} tokens ({num_read} tokens read); "
-            "use a longer corpus or a smaller data.block_size"
+            f"the corpus gave no row of data.seq_len={seq_len} tokens ({num_read} tokens read); "
+            "use a longer corpus or a smaller data.seq_len"
         )
-    num_tokens = num_real if mode == "pad" else ids_out.rows * block_size
+    num_tokens = num_real if mode == "pad" else ids_out.rows * seq_len
     return {
-        "block_size": block_size, "mode": mode, "num_blocks": ids_out.rows, "num_tokens": num_tokens,
+        "seq_len": seq_len, "mode": mode, "num_blocks": ids_out.rows, "num_tokens": num_tokens,
         "ids_file": ids_file, "dtype": dtype.name, "tokenizer": tokenizer.name,
         "tokenizer_fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
         "max_tokens": max_tokens, "format": FORMAT_VERSION,

@@ -8,22 +8,22 @@ own k_b ~ U{1..n_b} (stratified over the samples) and masks exactly k_b of its n
 the vectorised [x_t ; x_0] pass scores all blocks at once because a noisy block sees only itself
 and clean earlier blocks. The estimate n_b / k_b * sum_masked is unbiased for the full integral;
 with block size 1 it has no variance and equals the exact left-to-right NLL. Time-conditioned
-models use the t form (t stratified over [t_min, 1) per block).
+models use the t form (t stratified over [t_min, 1) per block). The scored tokens are the block
+objective's (``dlm.objectives.block.block_targets``), so training loss and bound agree token for token.
 Shapes: input_ids (B, L); per-sequence results (B,).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from dlm.diffusion.forward import mask_tokens
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
-from dlm.eval.perplexity import Method, _strata, accumulate_nll
+from dlm.eval.perplexity import PerSequence
+from dlm.eval.strata import Method, stratified_uniforms
 from dlm.nn.block_mask import segment_ids
-from dlm.objectives.block import BlockDiffusionLoss, block_denoise_nll, block_layout
+from dlm.objectives.block import block_denoise_nll, block_layout, block_targets
 from dlm.types import Denoiser, NoiseSchedule
 
 
@@ -62,14 +62,13 @@ def block_nelbo_per_sequence(
     schedule = schedule or LogLinearSchedule()
     x0 = batch["input_ids"]
     positions, block_ids, doc_ids = block_layout(batch, block_size=block_size)
-    eligible = BlockDiffusionLoss(block_size=block_size, keep_first_token=keep_first_token,
-                                  shift_logits=shift_logits).targets(batch, doc_ids)
+    eligible = block_targets(batch, doc_ids, keep_first_token=keep_first_token, shift_logits=shift_logits)
     seg = segment_ids(block_ids, doc_ids)
     b, num_seg = x0.shape[0], int(seg.max().item()) + 1
     n_seg = torch.zeros(b, num_seg, dtype=torch.long, device=x0.device).scatter_add(1, seg, eligible.long())
     draws = []
     for s in range(num_samples):
-        u = _strata(b * num_seg, s, num_samples, method, x0.device, generator).view(b, num_seg)
+        u = stratified_uniforms(b * num_seg, s, num_samples, method, x0.device, generator).view(b, num_seg)
         t = None
         if model.time_conditioned:
             t = (t_min + (1.0 - t_min) * u).float().gather(1, seg)
@@ -89,35 +88,30 @@ def block_nelbo_per_sequence(
     return d.mean(0), var_of_mean, eligible.sum(-1)
 
 
-def evaluate_block_perplexity(
-    model: Denoiser,
-    batches: Iterable[dict[str, Tensor]],
-    *,
-    block_size: int,
-    num_samples: int = 32,
-    method: Method = "mc",
-    schedule: NoiseSchedule | None = None,
-    t_min: float = 1e-3,
-    keep_first_token: bool = True,
-    shift_logits: bool = False,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    total: int | None = None,
-) -> dict:
-    """Token-weighted block-NELBO perplexity bound over ``batches``: exp(sum nelbo / sum tokens).
+class BlockNELBO:
+    """Block-diffusion models: the per-block NELBO bound (module docstring) with the model's own diffusion
+    block ``block_size`` and logit reading ``shift_logits``; ``num_samples`` stratified draws per block."""
 
-    Returns the same JSON-able record as ``dlm.eval.perplexity.evaluate_perplexity`` (nll,
-    nll_stderr, ppl, tokens, sequences, method, t_samples, estimator, seconds) plus
-    ``diffusion_block_size``.
-    """
-    generator = torch.Generator(device=device).manual_seed(seed)
+    def __init__(self, *, block_size: int, shift_logits: bool = False, num_samples: int = 32, method: Method = "mc",
+                 schedule: NoiseSchedule | None = None, t_min: float = 1e-3, keep_first_token: bool = True) -> None:
+        self.block_size, self.shift_logits = block_size, shift_logits
+        self.num_samples, self.method, self.schedule = num_samples, method, schedule
+        self.t_min, self.keep_first_token = t_min, keep_first_token
+        self.desc = f"eval ppl (block {block_size})"
 
-    def score(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    @classmethod
+    def for_model(cls, model: Denoiser, **settings) -> BlockNELBO:
+        """Scores ``model`` as trained: its declared ``block_size`` and ``shift_logits``."""
+        return cls(block_size=model.block_size, shift_logits=model.shift_logits, **settings)
+
+    def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
+                     generator: torch.Generator | None = None) -> PerSequence:
         return block_nelbo_per_sequence(
-            model, batch, block_size=block_size, num_samples=num_samples, method=method, schedule=schedule,
-            t_min=t_min, keep_first_token=keep_first_token, shift_logits=shift_logits, generator=generator,
+            model, batch, block_size=self.block_size, num_samples=self.num_samples, method=self.method,
+            schedule=self.schedule, t_min=self.t_min, keep_first_token=self.keep_first_token,
+            shift_logits=self.shift_logits, generator=generator,
         )
 
-    totals = accumulate_nll(model, batches, score, desc=f"eval ppl (block {block_size})", device=device, total=total)
-    return {**totals, "method": "nelbo_bound", "t_samples": num_samples, "estimator": method,
-            "diffusion_block_size": block_size}
+    def summary(self) -> dict:
+        return {"method": "nelbo_bound", "t_samples": self.num_samples, "estimator": self.method,
+                "diffusion_block_size": self.block_size}

@@ -15,7 +15,7 @@ from pathlib import Path
 from dlm.errors import ConfigError
 from dlm.eval.diversity import distinct_n, mean_entropy
 from dlm.eval.gen_ppl import generative_perplexity_of_ids, load_judge
-from dlm.eval.model_dir import write_json_atomic
+from dlm.io.atomic import write_json_atomic
 
 
 def read_sample_texts(path: str | Path) -> list[str]:

@@ -11,8 +11,8 @@ too, and a text longer than the judge's context is scored in windows that overla
 so every target is scored exactly once (MDLM's non-overlapping split leaves each window's first
 token unscored).
 
-The judge is either a dlm AR model directory (``model.json`` with kind "ar") or a Hugging Face
-causal-LM directory (``config.json``); ``load_judge`` tells them apart and refuses anything else.
+The judge is either a dlm AR model directory (``model.json`` of family ``AR``, kind "ar") or a Hugging
+Face causal-LM directory (``config.json``); ``load_judge`` tells them apart and refuses anything else.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ class DlmJudge:
     would otherwise take probability mass from every real token."""
 
     def __init__(self, model: nn.Module, tokenizer, *, name: str) -> None:
-        if getattr(model, "attention", "causal") != "causal":
+        if model.attention != "causal":
             raise ConfigError(f"judge={name} has model.attention={model.attention!r}; a judge must be causal")
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         self.eos_id = tokenizer.eos_id
-        self.max_len = getattr(model, "max_seq_len", None)
+        self.max_len = model.max_seq_len
         self.device = next(model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
@@ -79,7 +79,7 @@ class HFJudge:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
-        max_len = getattr(model.config, "max_position_embeddings", None)
+        max_len = hf_context_length(model.config)
         # tokenizers without a limit report model_max_length ~ 1e30
         if max_len is None and getattr(tokenizer, "model_max_length", 0) < 10**7:
             max_len = int(tokenizer.model_max_length)
@@ -93,8 +93,14 @@ class HFJudge:
         return self.model(input_ids=ids).logits
 
 
+def hf_context_length(config) -> int | None:
+    """``max_position_embeddings`` of a HF config (GPT-2 aliases it to ``n_positions``); None when absent.
+    A foreign config: not every architecture declares the field, so it is read optionally."""
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
-    """A dlm AR model directory (model.json, kind "ar") or a HF causal-LM directory (config.json).
+    """A dlm AR model directory (model.json, family ``AR``) or a HF causal-LM directory (config.json).
 
     Never downloads: the HF directory is read with ``local_files_only=True``.
     """
@@ -103,12 +109,13 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
     path = Path(path)
     device = pick_device(device) if device == "auto" else device
     if (path / "model.json").is_file():
-        from dlm.checkpoint import load_model_dir
+        from dlm.io.model_dir import load_model_dir
+        from dlm.io.record import Family
 
         loaded = load_model_dir(path, device=device)
-        if loaded.kind != "ar":
+        if loaded.family is not Family.AR:
             raise ConfigError(
-                f"judge={path} is a dlm model directory of kind {loaded.kind!r}; generative perplexity needs "
+                f"judge={path} is a dlm model directory of kind {loaded.family.kind!r}; generative perplexity needs "
                 "an autoregressive judge: a dlm model directory of kind 'ar' or a Hugging Face causal-LM "
                 "directory (config.json), e.g. a local copy of gpt2-large"
             )

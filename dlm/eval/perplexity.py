@@ -1,10 +1,14 @@
-"""Perplexity: the NELBO upper bound for diffusion models, the exact value for AR models.
+"""Perplexity: the NELBO upper bound for masked-diffusion models, the exact value for AR models.
 
 For a time-free denoiser the bound is evaluated in its exact "number of masks" form (RADD Thm 2,
 FHS Prop. 3.1):  -log p(x) <= NELBO = sum_{k=1}^{n} (1/k) E_{|M|=k}[ sum_{i in M} -log p(x^i | x_{-M}) ],
 estimated as n/k * sum_masked with k stratified over {1..n} per sequence. Unlike MDLM's clipped-t
 estimator this is unbiased for the full integral and has finite variance. A time-conditioned
 denoiser uses the t form (t stratified over [t_min, 1)), as it needs t as an input.
+
+A *scorer* is the per-sequence estimator of one family of models (``Scorer``: ``ExactNLL`` for AR,
+``MaskedNELBO`` here, ``BlockNELBO`` in ``block_perplexity.py``); ``evaluate_perplexity`` runs any
+of them over a data set, and ``dlm.eval.scorers`` picks one from a model directory's record.
 """
 
 from __future__ import annotations
@@ -12,31 +16,44 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import Literal
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dlm.diffusion.forward import mask_exactly_k, mask_tokens
 from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
+from dlm.eval.strata import Method, stratified_uniforms
+from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.objectives.ar import next_token_nll
 from dlm.objectives.masked import target_positions
 from dlm.types import Denoiser, NoiseSchedule
 
-Method = Literal["mc", "quadrature"]
+PerSequence = tuple[Tensor, Tensor | None, Tensor]  # nll (B,), its Monte Carlo variance (B,) or None, tokens (B,)
 
 
-def _strata(b: int, s: int, num_samples: int, method: Method, device, generator) -> Tensor:
-    """u in [s/S, (s+1)/S) per row: random (mc) or the midpoint (quadrature); (B,) float64."""
-    if method == "quadrature":
-        u = torch.full((b,), 0.5, dtype=torch.float64, device=device)
-    elif method == "mc":
-        u = torch.rand(b, dtype=torch.float64, device=device, generator=generator)
-    else:
-        raise ValueError(f"method={method!r}; valid: 'mc', 'quadrature'")
-    return (s + u) / num_samples
+class Scorer(Protocol):
+    """Per-sequence negative log-likelihood (or an upper bound of it) of one family of models.
+
+    ``per_sequence(model, batch, generator)`` -> (nll (B,) float64, variance of that estimate (B,) or None
+    when exact, scored tokens (B,)); ``summary()`` the JSON fields that say how (method, t_samples,
+    estimator, ...); ``desc`` labels the progress bar.
+    """
+
+    desc: str
+
+    def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
+                     generator: torch.Generator | None = None) -> PerSequence: ...
+
+    def summary(self) -> dict: ...
+
+
+def padding_attn_mask(batch: dict[str, Tensor]) -> Tensor | None:
+    """The may-attend mask (B, 1, 1, L) of a batch's HF padding mask ``attention_mask`` (None: no padding)."""
+    pad = batch.get("attention_mask")
+    return None if pad is None else padding_mask_to_attn_mask(pad)
 
 
 @torch.no_grad()
@@ -55,10 +72,11 @@ def nelbo_per_sequence(
     schedule = schedule or LogLinearSchedule()
     x0 = batch["input_ids"]
     eligible = target_positions(batch, keep_first_token)
+    attn_mask = padding_attn_mask(batch)
     n = eligible.sum(-1)
     draws = []
     for s in range(num_samples):
-        u = _strata(x0.shape[0], s, num_samples, method, x0.device, generator)
+        u = stratified_uniforms(x0.shape[0], s, num_samples, method, x0.device, generator)
         if model.time_conditioned:
             t = (t_min + (1.0 - t_min) * u).float()
             xt, masked = mask_tokens(x0, 1.0 - schedule.alpha(t), model.mask_id, eligible=eligible,
@@ -68,7 +86,7 @@ def nelbo_per_sequence(
             k = torch.minimum((u * n.double()).floor().long() + 1, n.clamp(min=1))
             xt, masked = mask_exactly_k(x0, k, model.mask_id, eligible=eligible, generator=generator)
             t, weight = None, n.float() / k.float()
-        logits = model(xt, t, attention_mask=batch.get("attention_mask"))
+        logits = model(xt, t, attn_mask=attn_mask)
         draws.append(weight * masked_token_nll(logits, x0, masked, model.mask_id).sum(-1))
     d = torch.stack(draws).double()  # (S, B)
     var_of_mean = d.var(0, unbiased=True) / num_samples if num_samples > 1 else torch.zeros_like(d[0])
@@ -79,52 +97,86 @@ def nelbo_per_sequence(
 def ar_nll_per_sequence(model: Denoiser, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Exact per-sequence NLL (B,) over targets 1..L-1 and the target counts (B,)."""
     x0, attention_mask = batch["input_ids"], batch.get("attention_mask")
-    nll = next_token_nll(model(x0, None, attention_mask=attention_mask), x0, model.mask_id)
+    nll = next_token_nll(model(x0, None, attn_mask=padding_attn_mask(batch)), x0, model.mask_id)
     targets = torch.ones_like(nll, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
     return (nll * targets).sum(-1).double(), targets.sum(-1)
+
+
+class ExactNLL:
+    """AR models: the exact next-token NLL over targets 1..L-1 (no estimator, no variance)."""
+
+    desc = "eval ppl (ar)"
+
+    @classmethod
+    def for_model(cls, model: Denoiser, **_settings) -> ExactNLL:
+        """Monte Carlo settings (num_samples, method, ...) do not apply to an exact score."""
+        return cls()
+
+    def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
+                     generator: torch.Generator | None = None) -> PerSequence:
+        nll, n = ar_nll_per_sequence(model, batch)
+        return nll, None, n
+
+    def summary(self) -> dict:
+        return {"method": "exact", "t_samples": 1, "estimator": "exact"}
+
+
+class MaskedNELBO:
+    """Masked-diffusion models: the NELBO bound (module docstring), ``num_samples`` stratified draws per
+    sequence; ``keep_first_token`` conditions on position 0 (the AR model's targets exactly)."""
+
+    desc = "eval ppl (diffusion)"
+
+    def __init__(self, *, num_samples: int = 32, method: Method = "mc", schedule: NoiseSchedule | None = None,
+                 t_min: float = 1e-3, keep_first_token: bool = True) -> None:
+        self.num_samples, self.method, self.schedule = num_samples, method, schedule
+        self.t_min, self.keep_first_token = t_min, keep_first_token
+
+    @classmethod
+    def for_model(cls, model: Denoiser, **settings) -> MaskedNELBO:
+        return cls(**settings)
+
+    def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
+                     generator: torch.Generator | None = None) -> PerSequence:
+        return nelbo_per_sequence(model, batch, num_samples=self.num_samples, method=self.method,
+                                  schedule=self.schedule, t_min=self.t_min, keep_first_token=self.keep_first_token,
+                                  generator=generator)
+
+    def summary(self) -> dict:
+        return {"method": "nelbo_bound", "t_samples": self.num_samples, "estimator": self.method}
 
 
 def evaluate_perplexity(
     model: Denoiser,
     batches: Iterable[dict[str, Tensor]],
+    scorer: Scorer,
     *,
-    kind: Literal["diffusion", "ar"],
-    num_samples: int = 32,
-    method: Method = "mc",
-    schedule: NoiseSchedule | None = None,
-    t_min: float = 1e-3,
-    keep_first_token: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
     total: int | None = None,
 ) -> dict:
-    """Token-weighted perplexity over ``batches``: exp(sum nll / sum tokens).
+    """Token-weighted perplexity over ``batches``: exp(sum nll / sum tokens), nll from ``scorer``.
 
-    Returns a JSON-able dict: nll, nll_stderr (Monte Carlo error, 0 for AR), ppl, tokens,
-    sequences, method (``nelbo_bound`` or ``exact``), t_samples, estimator, seconds.
+    One generator seeded with ``seed`` drives every Monte Carlo draw. Returns a JSON-able dict: nll,
+    nll_stderr (Monte Carlo error, 0 for exact scores), ppl, tokens, sequences, seconds, plus the
+    scorer's ``summary()`` (method ``nelbo_bound`` or ``exact``, t_samples, estimator, ...).
     """
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    def score(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
-        if kind == "ar":
-            per_seq, n = ar_nll_per_sequence(model, batch)
-            return per_seq, None, n
-        return nelbo_per_sequence(model, batch, num_samples=num_samples, method=method, schedule=schedule,
-                                  t_min=t_min, keep_first_token=keep_first_token, generator=generator)
+    def score(batch: dict[str, Tensor]) -> PerSequence:
+        return scorer.per_sequence(model, batch, generator)
 
-    totals = accumulate_nll(model, batches, score, desc=f"eval ppl ({kind})", device=device, total=total)
-    return {**totals, "method": "exact" if kind == "ar" else "nelbo_bound",
-            "t_samples": 1 if kind == "ar" else num_samples, "estimator": "exact" if kind == "ar" else method}
+    totals = accumulate_nll(model, batches, score, desc=scorer.desc, device=device, total=total)
+    return {**totals, **scorer.summary()}
 
 
-def accumulate_nll(model, batches: Iterable[dict[str, Tensor]], score, *, desc: str, device: torch.device | str,
-                   total: int | None = None) -> dict:
+def accumulate_nll(model: nn.Module, batches: Iterable[dict[str, Tensor]], score, *, desc: str,
+                   device: torch.device | str, total: int | None = None) -> dict:
     """Token-weighted totals of ``score(batch) -> (nll per sequence (B,), its variance (B,) or None,
     tokens per sequence (B,))`` over ``batches``, with the model in eval mode; returns nll,
     nll_stderr, ppl, tokens, sequences, seconds."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    was_training = model.training
+    model.eval()
     nll_sum, var_sum, tokens, sequences = 0.0, 0.0, 0, 0
     start = time.perf_counter()
     for batch in tqdm(batches, desc=desc, total=total, dynamic_ncols=True):
@@ -133,10 +185,9 @@ def accumulate_nll(model, batches: Iterable[dict[str, Tensor]], score, *, desc: 
         var_sum += 0.0 if var is None else var.sum().item()
         tokens += int(n.sum().item())
         sequences += per_seq.numel()
-    if was_training and hasattr(model, "train"):
-        model.train()
+    model.train(was_training)
     if tokens == 0:
-        raise ValueError("evaluation data produced no target tokens; check data.block_size and the split")
+        raise ValueError("evaluation data produced no target tokens; check data.seq_len and the split")
     nll = nll_sum / tokens
     return {"nll": nll, "nll_stderr": math.sqrt(var_sum) / tokens, "ppl": math.exp(nll), "tokens": tokens,
             "sequences": sequences, "seconds": time.perf_counter() - start}

@@ -7,20 +7,19 @@
 One size per call for the whole batch: the block sampler keeps every row on the same block
 boundaries (one KV-cache layout, one attention mask), so the state is the batch mean of the
 per-row features (``state``). ``train()`` mode samples the action (REINFORCE exploration),
-``eval()`` mode takes the argmax. Train it with ``dlm.objectives.block_policy.BlockPolicyTrainer``.
+``eval()`` mode takes the argmax. Train it with ``dlm.objectives.block_policy.BlockPolicyTrainer``; save /
+load it with ``dlm.io.block_policy_dir``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.errors import CheckpointError, ConfigError
+from dlm.errors import ConfigError
 
 
 class BlockSizePolicy(nn.Module):
@@ -34,7 +33,7 @@ class BlockSizePolicy(nn.Module):
         sizes = [int(s) for s in sizes]
         if not sizes or any(s < 1 for s in sizes) or len(set(sizes)) != len(sizes):
             raise ConfigError(f"block_size_policy.sizes={sizes} must be distinct positive block sizes")
-        self.sizes, self.dim = sizes, dim
+        self.sizes, self.dim, self.hidden_dim = sizes, dim, hidden_dim
         # entropy is O(log V) while RMS-normed hiddens are O(1): a LayerNorm puts them on one scale
         self.norm = nn.LayerNorm(dim + 1)
         self.mlp = nn.Sequential(nn.Linear(dim + 1, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, len(sizes)))
@@ -91,30 +90,3 @@ class FixedBlockSize:
 
     def next_block_size(self, hidden: Tensor, probe_entropy: Tensor, generator: torch.Generator | None = None) -> int:
         return self.size
-
-
-KIND = "block_policy"
-
-
-def save_block_policy(path: str | Path, *, policy: BlockSizePolicy, tokenizer: Any, extra: dict | None = None) -> Path:
-    """Write a trained policy as a model directory of kind ``"block_policy"`` (``tokenizer``: the denoiser's,
-    so the directory says which vocabulary its denoiser reads)."""
-    from dlm.checkpoint import save_model_dir
-
-    spec = {"_target_": f"{__name__}.BlockSizePolicy", "sizes": list(policy.sizes), "dim": policy.dim,
-            "hidden_dim": policy.mlp[0].out_features}
-    return save_model_dir(path, model=policy, model_spec=spec, tokenizer=tokenizer, kind=KIND, extra=extra)
-
-
-def load_block_policy(path: str | Path, device: str | torch.device = "cpu") -> BlockSizePolicy:
-    """The policy in eval mode (argmax decisions) from ``save_block_policy``'s directory.
-
-    The Hydra target of ``conf/sampler/block_dynamic.yaml``.
-    """
-    from dlm.checkpoint import load_model_dir
-
-    loaded = load_model_dir(path, device=device)
-    if loaded.kind != KIND:
-        raise CheckpointError(f"{path} holds a {loaded.kind!r} model, not a block-size policy; point "
-                              "sampler.block_size_policy.path at a directory written by dlm-train-policy")
-    return loaded.model.eval()

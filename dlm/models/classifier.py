@@ -8,25 +8,18 @@ The input is token ids (B, L) or probabilities (B, L, V) (``probs @ E`` in the b
 first-order guidance of ``dlm.samplers.guidance`` can differentiate log p_φ(y | z) w.r.t. the one-hot
 z. It is time-free: the mask tokens in x_t tell it how noisy the input is (as RADD's denoiser), which
 lets a guided sampler call it without a diffusion time. Train it with
-``dlm.objectives.classifier.NoisyClassifierLoss``; export / load with ``save_classifier`` /
-``load_classifier`` (a ``dlm`` model directory of kind ``"classifier"``).
+``dlm.objectives.classifier.NoisyClassifierLoss``; export / load with ``dlm.io.classifier_dir``
+(``save_classifier`` / ``load_classifier``: a model directory of family ``CLASSIFIER``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.checkpoint import load_model_dir, save_model_dir
-from dlm.errors import CheckpointError, ConfigError
+from dlm.errors import ConfigError
 from dlm.models.transformer import Transformer
-from dlm.nn.attention import AttentionBackend
-
-KIND = "classifier"
+from dlm.nn.attention import AttentionBackend, padding_mask_to_attn_mask
 
 
 class SequenceClassifier(nn.Module):
@@ -66,7 +59,8 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, tokens_or_probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Class logits (B, C). attention_mask: (B, L) 1 = token, 0 = pad (excluded from attention and pool)."""
-        h = self.body(tokens_or_probs, attention_mask=attention_mask, return_hidden=True)  # (B, L, dim)
+        attn_mask = None if attention_mask is None else padding_mask_to_attn_mask(attention_mask)
+        h = self.body(tokens_or_probs, attn_mask=attn_mask, return_hidden=True)  # (B, L, dim)
         if attention_mask is None:
             pooled = h.mean(1)
         else:
@@ -77,25 +71,3 @@ class SequenceClassifier(nn.Module):
     def log_prob(self, tokens_or_probs: Tensor) -> Tensor:
         """log p_φ(y | x) for every class, (B, C) float32 — the quantity guidance tilts by."""
         return F.log_softmax(self(tokens_or_probs).float(), dim=-1)
-
-
-def save_classifier(path: str | Path, *, classifier: nn.Module, model_spec: dict, tokenizer: Any,
-                    config_yaml: str | None = None) -> Path:
-    """Export a classifier as a model directory of kind ``"classifier"`` (see ``dlm.checkpoint``).
-
-    ``model_spec``: the ``{"_target_": "dlm.models.classifier.SequenceClassifier", **kwargs}`` that rebuilds it.
-    """
-    return save_model_dir(path, model=classifier, model_spec=model_spec, tokenizer=tokenizer, kind=KIND,
-                          config_yaml=config_yaml)
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a classifier (eval mode) from a model directory written by ``save_classifier``.
-
-    This is the Hydra target used by ``conf/sampler/block_guided.yaml``.
-    """
-    loaded = load_model_dir(path, device=device)
-    if loaded.kind != KIND:
-        raise CheckpointError(f"{path} holds a {loaded.kind!r} model, not a classifier; point "
-                              "sampler.guidance.classifier.path at a directory written by save_classifier")
-    return loaded.model

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.cache.kv import KVCache
 from dlm.errors import ConfigError
-from dlm.nn.attention import AttentionBackend, attention, padding_mask_to_attn_mask
+from dlm.nn.attention import AttentionBackend, attention
 from dlm.nn.block_mask import block_causal_mask
 from dlm.nn.mlp import SwiGLU
 from dlm.nn.norm import RMSNorm
 from dlm.nn.rope import RopeScaling, apply_rope, rope_frequencies, rope_tables
 from dlm.nn.time_embedding import AdaLNModulation, TimestepEmbedding, modulate
+from dlm.types import AttentionCache
 
 
 class SelfAttention(nn.Module):
@@ -65,7 +65,7 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None,
-                cache: KVCache | None = None, layer_idx: int = 0, store_cache: bool = False) -> Tensor:
+                cache: AttentionCache | None = None, layer_idx: int = 0, store_cache: bool = False) -> Tensor:
         """``cache``: keys / values of committed tokens, read (and appended to when ``store_cache``)."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
@@ -107,7 +107,7 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None, c: Tensor | None,
-        cache: KVCache | None = None, layer_idx: int = 0, store_cache: bool = False,
+        cache: AttentionCache | None = None, layer_idx: int = 0, store_cache: bool = False,
     ) -> Tensor:
         kv = dict(cache=cache, layer_idx=layer_idx, store_cache=store_cache)
         if self.adaLN_modulation is None or c is None:
@@ -242,7 +242,7 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Embedding):
                 nn.init.normal_(m.weight, mean=0.0, std=self.init_std)
-                if getattr(m, "bias", None) is not None:
+                if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, RMSNorm):
                 m.reset_parameters()
@@ -277,9 +277,8 @@ class Transformer(nn.Module):
         *,
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
-        attention_mask: Tensor | None = None,
         logits_at: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: AttentionCache | None = None,
         store_cache: bool = False,
         return_hidden: bool = False,
     ) -> Tensor:
@@ -290,9 +289,10 @@ class Transformer(nn.Module):
         (L,) or (B, L), default arange(L) (after the cached tokens when ``cache`` is given).
         attn_mask: boolean "may attend" mask broadcastable to (B, H, L, S) (S = cached + L keys):
         ANDed with causal attention; for ``block_causal`` it *replaces* the default block-causal mask
-        (the block-diffusion objective passes its own [x_t ; x_0] mask). attention_mask: (B, L)
-        1 = token, 0 = pad. logits_at: (B, K) positions whose logits are wanted (the rest are not
-        computed). cache: committed keys / values (``dlm.cache.kv.KVCache``) every query may see;
+        (the block-diffusion objective passes its own [x_t ; x_0] mask); padding enters here too, as
+        ``dlm.nn.attention.padding_mask_to_attn_mask(attention_mask)`` (B, 1, 1, S). logits_at: (B, K)
+        positions whose logits are wanted (the rest are not computed). cache: committed keys / values
+        (``dlm.types.AttentionCache``, e.g. ``dlm.cache.kv.KVCache``) every query may see;
         ``store_cache`` appends this call's keys / values to it. return_hidden: return the final
         normed hidden states (B, L, dim) instead of logits.
         """
@@ -305,7 +305,7 @@ class Transformer(nn.Module):
             raise ConfigError(
                 f"sequence length {needed} exceeds model.max_seq_len={self.max_seq_len}; extend the context "
                 f"with NTK RoPE scaling (model.rope_scaling, e.g. NTKAuto(train_len={self.max_seq_len}, "
-                f"target_len={needed}), and model.max_seq_len={needed}) or truncate the input (data.block_size)"
+                f"target_len={needed}), and model.max_seq_len={needed}) or truncate the input (data.seq_len)"
             )
         x = self.embed(tokens_or_probs)
 
@@ -328,11 +328,6 @@ class Transformer(nn.Module):
             k_positions = positions if cache is None or cache.positions is None else torch.cat(
                 [cache.positions.to(positions.device), positions])
             attn_mask = self.block_causal_mask(positions, k_positions)
-        if attention_mask is not None:
-            if past:  # committed tokens are real tokens
-                attention_mask = torch.cat([attention_mask.new_ones(B, past), attention_mask], dim=1)
-            pad = padding_mask_to_attn_mask(attention_mask)
-            attn_mask = pad if attn_mask is None else attn_mask.bool() & pad
 
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, attn_mask, c, cache=cache, layer_idx=i, store_cache=store_cache)

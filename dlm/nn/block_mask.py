@@ -36,7 +36,7 @@ def block_ids_fixed(n_or_positions: int | Tensor, block_size: int) -> Tensor:
         return torch.div(n_or_positions, block_size, rounding_mode="floor")
     if n_or_positions % block_size:
         raise ConfigError(f"objective.block_size={block_size} does not divide the sequence length "
-                          f"{n_or_positions}; pick a block size that divides data.block_size "
+                          f"{n_or_positions}; pick a block size that divides data.seq_len "
                           "(or use objective.block_sizes for variable blocks)")
     return torch.arange(n_or_positions) // block_size
 

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlm.errors import ConfigError
+from dlm.io.record import Family
+from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.types import Denoiser, LossOutput
 
 
@@ -28,18 +30,20 @@ class AutoregressiveLoss:
     with ``keep_first_token=true``, so the two perplexities are comparable token for token.
     """
 
-    model_kind = "ar"
+    family = Family.AR  # what it trains: read by the runner, written to the exported model.json
+    shift_logits = False
 
     def __call__(
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> LossOutput:
-        if getattr(model, "attention", "causal") != "causal":
+        if model.attention != "causal":
             raise ConfigError(
                 f"the autoregressive objective needs model.attention=causal, got {model.attention!r}"
             )
         x0 = batch["input_ids"]
         attention_mask = batch.get("attention_mask")
-        logits = model(x0, None, attention_mask=attention_mask)
+        attn_mask = None if attention_mask is None else padding_mask_to_attn_mask(attention_mask)
+        logits = model(x0, None, attn_mask=attn_mask)
         nll = next_token_nll(logits, x0, model.mask_id)
         targets = torch.ones_like(nll, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
         nll = nll * targets

@@ -25,6 +25,8 @@ from dlm.diffusion.forward import TimeSampling, mask_tokens, sample_unit
 from dlm.diffusion.posterior import subs_log_probs
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.errors import ConfigError
+from dlm.io.record import Family
+from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.nn.block_mask import (
     block_diffusion_mask,
     block_ids_fixed,
@@ -77,6 +79,25 @@ def document_starts(doc_ids: Tensor) -> Tensor:
     return starts
 
 
+def block_targets(batch: dict[str, Tensor], doc_ids: Tensor, *, keep_first_token: bool = False,
+                  shift_logits: bool = False, sft: bool = False) -> Tensor:
+    """(B, L) bool: the tokens block diffusion scores, in training (the loss) and evaluation (the bound).
+
+    Real tokens (``attention_mask``), minus each document's first token when it is kept clean
+    (``keep_first_token``) or has no left neighbour to be read from (``shift_logits``), minus the
+    prompt (``sft``: ``batch["prompt_mask"]`` (B, L) bool). doc_ids: (B, L) from ``block_layout``.
+    """
+    eligible = target_positions(batch, keep_first_token=False)
+    if keep_first_token or shift_logits:
+        eligible = eligible & ~document_starts(doc_ids)
+    if sft:
+        if "prompt_mask" not in batch:
+            raise ConfigError("objective.sft=true needs batch['prompt_mask'] (B, L) bool; use an SFT data "
+                              "collator or set objective.sft=false")
+        eligible = eligible & ~batch["prompt_mask"].bool()
+    return eligible
+
+
 def prediction_source(block_ids: Tensor, doc_ids: Tensor, shift_logits: bool) -> Tensor:
     """(B, L) long index into the 2L outputs of [x_t ; x_0] whose logits predict token i.
 
@@ -112,7 +133,8 @@ def block_denoise_nll(
     One forward over [x_t ; x_0] (B, 2L) with the BD3-LM mask and the same RoPE positions for both
     halves; the output head runs only at the K = max targets-per-row source positions (SUBS:
     the mask logit is excluded). t: (B, L) per-token time, used iff ``model.time_conditioned``
-    (the clean half gets t = 0).
+    (the clean half gets t = 0). ``attention_mask``: the batch's HF padding mask (B, L), 1 = token,
+    0 = pad (None: no padding).
     """
     b, n = x0.shape
     src = prediction_source(block_ids, doc_ids, shift_logits)
@@ -120,18 +142,15 @@ def block_denoise_nll(
     order = torch.argsort((~targets).to(torch.int8), dim=1, stable=True)[:, :k]  # targets first
     valid = torch.arange(k, device=x0.device)[None] < targets.sum(-1, keepdim=True)
     at = src.gather(1, order)  # (B, K)
-    kwargs: dict = dict(positions=torch.cat([positions, positions], 1),
-                        attn_mask=block_diffusion_mask(block_ids, doc_ids))
-    if attention_mask is not None:
-        kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask], 1)
-    time = None
-    if model.time_conditioned:
-        time = torch.cat([t, torch.zeros_like(t)], 1)
+    attn_mask = block_diffusion_mask(block_ids, doc_ids)  # (B, 1, 2L, 2L)
+    if attention_mask is not None:  # padding: no query attends to a pad key, in either stream
+        attn_mask = attn_mask & padding_mask_to_attn_mask(torch.cat([attention_mask, attention_mask], 1))
+    kwargs: dict = dict(positions=torch.cat([positions, positions], 1), attn_mask=attn_mask)
     inputs = torch.cat([xt, x0], 1)
-    if getattr(model, "computes_logits_at", False) and time is None:
-        logits = model(inputs, time, logits_at=at, **kwargs)
-    else:  # mocks, and per-token adaLN (its modulation is per position, not per gathered row)
-        full = model(inputs, time, **kwargs)
+    if not model.time_conditioned:
+        logits = model(inputs, None, logits_at=at, **kwargs)
+    else:  # per-token adaLN: evaluated in full, as its modulation is per position (the clean half gets t = 0)
+        full = model(inputs, torch.cat([t, torch.zeros_like(t)], 1), **kwargs)
         logits = full.gather(1, at[..., None].expand(-1, -1, full.shape[-1]))
     log_p = subs_log_probs(logits[valid], model.mask_id)  # (N, V) float32, only real targets
     nll = torch.zeros(x0.shape, device=x0.device, dtype=torch.float32)
@@ -159,8 +178,7 @@ class BlockDiffusionLoss:
         sft: the batch carries ``prompt_mask``; prompt tokens are never masked nor counted.
     """
 
-    model_kind = "block"
-    model_attention = "block_causal"
+    family = Family.BLOCK  # what it trains (a block_causal model): read by the runner, written to model.json
 
     def __init__(
         self,
@@ -223,16 +241,9 @@ class BlockDiffusionLoss:
         return masked
 
     def targets(self, batch: dict[str, Tensor], doc_ids: Tensor) -> Tensor:
-        """(B, L) bool: tokens the loss scores (real, not prompt, not a kept or unpredictable first token)."""
-        eligible = target_positions(batch, keep_first_token=False)
-        if self.keep_first_token or self.shift_logits:
-            eligible = eligible & ~document_starts(doc_ids)
-        if self.sft:
-            if "prompt_mask" not in batch:
-                raise ConfigError("objective.sft=true needs batch['prompt_mask'] (B, L) bool; use an SFT data "
-                                  "collator or set objective.sft=false")
-            eligible = eligible & ~batch["prompt_mask"].bool()
-        return eligible
+        """(B, L) bool: tokens the loss scores (``block_targets`` with this objective's settings)."""
+        return block_targets(batch, doc_ids, keep_first_token=self.keep_first_token, shift_logits=self.shift_logits,
+                             sft=self.sft)
 
     def sample_times(self, seg: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, L) per-token t in [t_min, t_max]: one draw per block segment or per row."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlm.diffusion.forward import TimeSampling, mask_tokens, sample_t
+from dlm.io.record import Family
 from dlm.types import LossOutput, NoiseSchedule
 
 
@@ -30,7 +31,8 @@ class NoisyClassifierLoss:
     ``num_tokens`` in the output counts labelled sequences.
     """
 
-    model_kind = "classifier"  # read by the runner and written to the exported model.json
+    family = Family.CLASSIFIER  # what it trains: read by the runner, written to the exported model.json
+    shift_logits = False
 
     def __init__(self, *, schedule: NoiseSchedule | None = None, t_min: float = 0.0,
                  t_sampling: TimeSampling = "antithetic", keep_first_token: bool = False,

@@ -24,6 +24,8 @@ from torch import Tensor
 from dlm.diffusion.forward import TimeSampling, mask_exactly_k, mask_tokens, sample_k, sample_t, sample_unit
 from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import nelbo_weight
+from dlm.io.record import Family
+from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.types import Denoiser, LossOutput, NoiseSchedule
 
 LossForm = Literal["nelbo", "t_dce", "lambda_dce", "k_dce"]
@@ -62,8 +64,8 @@ class MaskedDiffusionLoss:
         keep_first_token: never mask position 0 and leave it out of the loss.
     """
 
-    model_kind = "diffusion"  # what it trains: read by the runner and the exported model.json
-
+    family = Family.MASKED  # what it trains: read by the runner, written to the exported model.json
+    shift_logits = False
 
     def __init__(
         self,
@@ -112,7 +114,9 @@ class MaskedDiffusionLoss:
         x0 = batch["input_ids"]
         eligible = target_positions(batch, self.keep_first_token)
         xt, masked, t, weight = self.corrupt(x0, eligible, model.mask_id, generator)
-        logits = model(xt, t if model.time_conditioned else None, attention_mask=batch.get("attention_mask"))
+        pad = batch.get("attention_mask")
+        attn_mask = None if pad is None else padding_mask_to_attn_mask(pad)
+        logits = model(xt, t if model.time_conditioned else None, attn_mask=attn_mask)
         nll = masked_token_nll(logits, x0, masked, model.mask_id)
         per_seq = weight * nll.sum(-1)
         if self.form == "t_dce":

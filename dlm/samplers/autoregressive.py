@@ -21,6 +21,7 @@ class AutoregressiveSampler:
     """
 
     decodes = frozenset({"causal"})
+    extends_context = False  # canvases up to the model's max_seq_len
 
     def __init__(self, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  sampling_precision: Precision = "float64") -> None:

@@ -86,6 +86,7 @@ class BlockSampler:
     # a bidirectional model is decoded block by block when sampler.block_size is given
     decodes = frozenset({"block_causal", "bidirectional"})
     reads_shifted_logits = True
+    extends_context = False
 
     def __init__(self, *, block_size: int | None = None, num_steps: int | None = None, policy=None,
                  order: Order = "max_prob", first_hitting: bool = False, temperature: float = 1.0,

@@ -52,6 +52,7 @@ class ConfidenceSampler:
     """
 
     decodes = MASKED
+    extends_context = False  # canvases up to the model's max_seq_len
 
     def __init__(self, *, num_steps: int = 64, order: Order = "max_prob", policy=None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",

@@ -38,6 +38,7 @@ class FirstHittingSampler:
     """
 
     decodes = MASKED
+    extends_context = False  # canvases up to the model's max_seq_len
 
     def __init__(self, *, schedule: NoiseSchedule | None = None, tokens_per_step: int = 1,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

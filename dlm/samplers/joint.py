@@ -43,6 +43,7 @@ class JointReferenceSampler:
     """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput."""
 
     decodes = MASKED
+    extends_context = False  # canvases up to the model's max_seq_len
 
     def __init__(self, *, num_steps: int = 1000, timesteps: Sequence[float] | Tensor | None = None,
                  schedule: NoiseSchedule | None = None, temperature: float = 1.0, top_k: int | None = None,

@@ -21,6 +21,8 @@ class StridedSampler:
     """Sampler(model, batch_size=, length=, prompt=, generator=) -> SampleOutput; ``length`` may exceed
     the model's context. ``window`` defaults to the model's ``max_seq_len``."""
 
+    extends_context = True  # windows of the context cover any length
+
     def __init__(self, *, sampler: Sampler, stride: int, window: int | None = None) -> None:
         if stride < 1:
             raise ValueError(f"sampler.stride={stride} must be >= 1")

@@ -7,8 +7,8 @@ the same tokenizer, minus ``step_cost`` per denoiser call per generated token ((
 ``sizes`` are scored on the same ``eval_rollouts`` seeded rollouts (common random numbers), so the
 summary says whether the learned policy beats the best constant choice.
 
-Writes ``<out>/log.jsonl`` (one line per step), ``<out>/policy/`` (a model directory of kind
-``block_policy``, loaded by ``sampler=block_dynamic``) and ``<out>/summary.json``.
+Writes ``<out>/log.jsonl`` (one line per step), ``<out>/policy/`` (a model directory of family
+``BLOCK_POLICY``, loaded by ``sampler=block_dynamic``) and ``<out>/summary.json``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlm.checkpoint import load_model_dir
 from dlm.errors import ConfigError
 from dlm.eval.model_dir import pick_device
-from dlm.eval.sample_job import check_length, prompt_ids
-from dlm.models.block_policy import BlockSizePolicy, FixedBlockSize, save_block_policy
+from dlm.eval.sample_job import prompt_ids
+from dlm.io.atomic import write_text_atomic
+from dlm.io.block_policy_dir import save_block_policy
+from dlm.io.model_dir import load_model_dir
+from dlm.io.record import Family
+from dlm.models.block_policy import BlockSizePolicy, FixedBlockSize
 from dlm.objectives.block_policy import ARLogLikelihood, BlockPolicyTrainer, rollout_metrics
+from dlm.samplers.canvas import check_length
 
 SamplerFactory = Callable[[object], Callable]  # block-size policy -> block sampler that asks it
 
@@ -65,18 +69,18 @@ def train_block_policy(
         raise ConfigError(f"steps={steps} must be >= 1")
     device = pick_device(device)
     denoiser = load_model_dir(model, device=device)
-    if denoiser.kind != "block":
-        raise ConfigError(f"model={model} is a {denoiser.kind!r} model; the block-size policy drives a block "
+    if denoiser.family is not Family.BLOCK:
+        raise ConfigError(f"model={model} is a {denoiser.family.kind!r} model; the block-size policy drives a block "
                           "diffusion model (dlm-train objective=block, or dlm-convert attention=block_causal)")
     judge = load_model_dir(reward_model, device=device)
-    if judge.kind != "ar":
-        raise ConfigError(f"reward_model={reward_model} is a {judge.kind!r} model; the reward is a log-likelihood "
-                          "under an autoregressive model (dlm-train objective=ar)")
+    if judge.family is not Family.AR:
+        raise ConfigError(f"reward_model={reward_model} is a {judge.family.kind!r} model; the reward is a "
+                          "log-likelihood under an autoregressive model (dlm-train objective=ar)")
     if judge.tokenizer.fingerprint() != denoiser.tokenizer.fingerprint():
         raise ConfigError(f"reward_model={reward_model} uses tokenizer {judge.tokenizer.name}, model={model} uses "
                           f"{denoiser.tokenizer.name}: the reward must read the denoiser's token ids")
-    ids = prompt_ids(denoiser.tokenizer, prompt, kind="block")
-    check_length(length, prompt_len=len(ids), max_seq_len=getattr(denoiser.model, "max_seq_len", None))
+    ids = prompt_ids(denoiser.tokenizer, prompt, family=denoiser.family)
+    check_length(length, prompt_len=len(ids), max_seq_len=denoiser.model.max_seq_len)
     prompt_t = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
     torch.manual_seed(seed)
@@ -107,5 +111,5 @@ def train_block_policy(
                "return_gain_over_best_fixed": learned["return"] - fixed[best]["return"]}
     save_block_policy(out / "policy", policy=policy, tokenizer=denoiser.tokenizer,
                       extra={"trained_for": str(model), "reward_model": str(reward_model), "step_cost": step_cost})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -10,7 +10,11 @@ import lightning as L
 import torch
 
 from dlm.errors import ConfigError
-from dlm.eval.sample_job import check_length, decode_sample, prompt_ids, write_jsonl_atomic
+from dlm.eval.sample_job import decode_sample, prompt_ids
+from dlm.io.atomic import write_jsonl_atomic
+from dlm.io.model_dir import save_model_dir
+from dlm.io.record import Family
+from dlm.samplers.canvas import check_length
 from dlm.types import Sampler
 
 
@@ -43,23 +47,21 @@ class ExportModelDir(L.Callback):
     (where the launching process never sees the trained EMA state).
     """
 
-    def __init__(self, *, path, model_spec: dict, tokenizer, kind: str, schedule_spec: dict | None,
-                 extra: dict, config_yaml: str) -> None:
+    def __init__(self, *, path, model_spec: dict, tokenizer, family: Family, schedule_spec: dict | None,
+                 seq_len: int | None, keep_first_token: bool, extra: dict, config_yaml: str) -> None:
         self.path, self.model_spec, self.tokenizer = path, model_spec, tokenizer
-        self.kind, self.schedule_spec, self.extra, self.config_yaml = kind, schedule_spec, extra, config_yaml
+        self.family, self.schedule_spec, self.extra, self.config_yaml = family, schedule_spec, extra, config_yaml
+        self.seq_len, self.keep_first_token = seq_len, keep_first_token
 
     def on_train_end(self, trainer, pl_module):
         if not trainer.is_global_zero:
             return
-        from contextlib import nullcontext
-
-        from dlm.checkpoint import save_model_dir
-
         ctx = pl_module.ema.swapped(pl_module.model) if pl_module.ema is not None else nullcontext()
         with ctx:
             save_model_dir(self.path, model=pl_module.model, model_spec=self.model_spec, tokenizer=self.tokenizer,
-                           kind=self.kind, schedule_spec=self.schedule_spec,
-                           extra={**self.extra, "step": trainer.global_step}, config_yaml=self.config_yaml)
+                           family=self.family, schedule_spec=self.schedule_spec, seq_len=self.seq_len,
+                           keep_first_token=self.keep_first_token, step=trainer.global_step, extra=self.extra,
+                           config_yaml=self.config_yaml)
 
 
 class SampleDuringValidation(L.Callback):
@@ -68,8 +70,8 @@ class SampleDuringValidation(L.Callback):
     On global rank 0, outside the sanity check, every ``every_n_validations``-th validation:
     ``sampler(module.model, batch_size=num_samples, length=length, prompt=[BOS], generator=...)``
     with the EMA weights swapped in (when the module keeps an EMA) and the model in eval mode
-    (train mode is restored after). ``length`` defaults to ``datamodule.block_size``; the prompt
-    is the tokenizer's BOS (required for AR models, ``objective.model_kind == "ar"``; used for
+    (train mode is restored after). ``length`` defaults to ``datamodule.seq_len``; the prompt
+    is the tokenizer's BOS (required for AR models, ``objective.family.needs_prompt``; used for
     diffusion models whenever the tokenizer has one, since training rows start with it). The
     generator is re-seeded with ``seed`` every time, so successive files differ only through the
     weights. The tokenizer comes from ``trainer.datamodule.tokenizer``.
@@ -106,11 +108,11 @@ class SampleDuringValidation(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         # checked at build time, not after the first validation's compute
-        kind = getattr(pl_module.objective, "model_kind", "diffusion")
-        self._prompt = prompt_ids(self._tokenizer(trainer), None, kind=kind)
-        self._length = self.length or trainer.datamodule.block_size
-        check_length(self._length, prompt_len=len(self._prompt),
-                     max_seq_len=getattr(pl_module.model, "max_seq_len", None), key="callbacks.sample.length")
+        self.sampler.check_model(pl_module.model)
+        self._prompt = prompt_ids(self._tokenizer(trainer), None, family=pl_module.objective.family)
+        self._length = self.length or trainer.datamodule.seq_len
+        check_length(self._length, prompt_len=len(self._prompt), max_seq_len=pl_module.model.max_seq_len,
+                     key="callbacks.sample.length")
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:

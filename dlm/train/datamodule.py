@@ -28,7 +28,7 @@ class StreamSampler(Sampler[int]):
     def __init__(self, n: int, *, num_samples: int, seed: int, rank: int, world_size: int,
                  consumed: Callable[[], int] = lambda: 0) -> None:
         if n == 0:
-            raise ValueError("the training split has no blocks: use a longer corpus or a smaller data.block_size")
+            raise ValueError("the training split has no rows: use a longer corpus or a smaller data.seq_len")
         self.n, self.num_samples, self.seed = n, num_samples, seed
         self.rank, self.world_size, self.consumed = rank, world_size, consumed
 
@@ -65,14 +65,14 @@ class StreamDataModule(L.LightningDataModule):
 
 
 class TextDataModule(StreamDataModule):
-    def __init__(self, *, tokenizer, source: str, block_size: int, mode: str = "wrap", eval_source: str | None = None,
+    def __init__(self, *, tokenizer, source: str, seq_len: int, mode: str = "wrap", eval_source: str | None = None,
                  text_field: str | None = None, streaming: bool = False, detokenizer: str | None = None,
                  train_split: str = "train", eval_split: str = "validation", cache_dir: str = ".cache/dlm",
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  max_train_tokens: int | None = None, max_eval_tokens: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.tokenizer = tokenizer
-        self.source, self.block_size, self.mode = source, block_size, mode
+        self.source, self.seq_len, self.mode = source, seq_len, mode
         # a local file is its own split: validation on a different file needs eval_source
         self.eval_source = eval_source
         self.text_field, self.streaming = text_field, streaming
@@ -89,7 +89,7 @@ class TextDataModule(StreamDataModule):
     def blocks(self, which: str):
         source = self.eval_source if which == "eval" and self.eval_source else self.source
         return corpus_blocks(
-            source=source, split=self.splits[which], tokenizer=self.tokenizer, block_size=self.block_size,
+            source=source, split=self.splits[which], tokenizer=self.tokenizer, seq_len=self.seq_len,
             mode=self.mode, text_field=self.text_field, streaming=self.streaming, detokenizer=self.detokenizer,
             cache_dir=self.cache_dir, max_tokens=self.max_tokens[which],
         )

@@ -13,11 +13,18 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig
 
-from dlm.checkpoint import load_model_dir
 from dlm.eval.model_dir import eval_ppl_model_dir
+from dlm.io.model_dir import load_model_dir
+from dlm.io.record import Family
 from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.autoregressive import AutoregressiveSampler
 from dlm.train.run import run
+
+# the demo's two families: the AR baseline decodes left to right, RADD with the ancestral sampler
+DEMO_SAMPLERS = {
+    Family.AR: lambda *, num_steps, schedule: AutoregressiveSampler(),
+    Family.MASKED: lambda *, num_steps, schedule: AncestralSampler(num_steps=num_steps, schedule=schedule),
+}
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -45,8 +52,7 @@ def run_demo(cfg: DictConfig, conf_dir: Path) -> dict:
                                           num_samples=cfg.eval_samples, seed=cfg.seed)
         loaded = load_model_dir(model_dir)
         bos = torch.tensor([loaded.tokenizer.bos_id])
-        sampler = (AutoregressiveSampler() if loaded.kind == "ar"
-                   else AncestralSampler(num_steps=cfg.sample_steps, schedule=loaded.schedule))
+        sampler = DEMO_SAMPLERS[loaded.family](num_steps=cfg.sample_steps, schedule=loaded.schedule)
         out = sampler(loaded.model, batch_size=cfg.num_print, length=cfg.sample_length, prompt=bos,
                       generator=torch.Generator().manual_seed(cfg.seed))
         samples[tag] = [_decode(loaded.tokenizer, row) for row in out.tokens.tolist()]

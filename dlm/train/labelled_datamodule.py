@@ -33,7 +33,7 @@ class RowDataset(Dataset):
 class LabelledDataModule(StreamDataModule):
     """``source`` / ``eval_source``: .jsonl files or a hub dataset (then ``train_split`` / ``eval_split``)."""
 
-    def __init__(self, *, tokenizer, source: str, block_size: int, eval_source: str | None = None,
+    def __init__(self, *, tokenizer, source: str, seq_len: int, eval_source: str | None = None,
                  text_field: str = "text", label_field: str = "label", classes: Sequence[str] | None = None,
                  n_classes: int | None = None, train_split: str = "train", eval_split: str = "validation",
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
@@ -42,7 +42,7 @@ class LabelledDataModule(StreamDataModule):
         if classes is not None and n_classes is not None and len(classes) != n_classes:
             raise ConfigError(f"data.classes names {len(classes)} classes but model.n_classes={n_classes}; "
                               "make them agree")
-        self.tokenizer, self.block_size = tokenizer, block_size
+        self.tokenizer, self.seq_len = tokenizer, seq_len
         self.sources = {"train": source, "eval": eval_source or source}
         self.splits = {"train": train_split, "eval": eval_split}
         self.fields = dict(text_field=text_field, label_field=label_field,
@@ -56,4 +56,4 @@ class LabelledDataModule(StreamDataModule):
             if which not in self.datasets:
                 texts, labels = load_labelled(self.sources[which], self.splits[which], **self.fields)
                 self.datasets[which] = RowDataset(labelled_rows(texts, labels, tokenizer=self.tokenizer,
-                                                                length=self.block_size))
+                                                                length=self.seq_len))

@@ -16,24 +16,36 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dlm.errors import ConfigError
+from dlm.errors import CheckpointError, ConfigError
+from dlm.io.atomic import write_text_atomic
+from dlm.io.model_dir import load_model_dir
+from dlm.io.spec import build
+from dlm.io.tokenizer_files import tokenizer_of
 from dlm.train.callbacks import ExportModelDir, TokenThroughput
 from dlm.train.datamodule import TextDataModule
 from dlm.train.module import DlmModule
 
 
-def check_compatible(model, objective, *, block_size: int) -> None:
-    """Cross-component checks on plain attributes, before any compute is spent."""
-    kind = getattr(objective, "model_kind", "diffusion")
-    # the attention an objective needs: AR -> causal, block diffusion -> block_causal, else bidirectional
-    want = getattr(objective, "model_attention", "causal" if kind == "ar" else "bidirectional")
-    if getattr(model, "attention", want) != want:
-        raise ConfigError(f"objective {type(objective).__name__} trains a {kind} model and needs "
-                          f"model.attention={want}, got model.attention={model.attention}")
-    max_len = getattr(model, "max_seq_len", None)
-    if max_len is not None and block_size > max_len:
-        raise ConfigError(f"data.block_size={block_size} exceeds model.max_seq_len={max_len}; lower "
-                          "data.block_size or raise model.max_seq_len (or extend RoPE with model.rope_scaling)")
+def check_compatible(model, objective, *, seq_len: int) -> None:
+    """Cross-component checks on declared attributes, before any compute is spent.
+
+    The objective's ``family`` fixes the attention its model must have (AR: causal, masked
+    diffusion: bidirectional, block diffusion: block_causal) and how its outputs are read
+    (``objective.shift_logits`` must equal ``model.shift_logits``, which ``build_model`` sets);
+    data rows must fit the model's context.
+    """
+    family = objective.family
+    if family.is_denoiser:
+        if model.attention != family.attention:
+            raise ConfigError(f"objective {type(objective).__name__} trains a {family.kind} model and needs "
+                              f"model.attention={family.attention}, got model.attention={model.attention}")
+        if model.shift_logits != objective.shift_logits:
+            raise ConfigError(f"model.shift_logits={model.shift_logits} but objective.shift_logits="
+                              f"{objective.shift_logits}: the model is read the way it is trained; leave "
+                              "model.shift_logits unset (it follows the objective) or make them agree")
+    if model.max_seq_len is not None and seq_len > model.max_seq_len:
+        raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_seq_len={model.max_seq_len}; lower "
+                          "data.seq_len or raise model.max_seq_len (or extend RoPE with model.rope_scaling)")
 
 
 def world_size(trainer_cfg: DictConfig) -> int:
@@ -72,41 +84,48 @@ def resolve_ckpt(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+INIT_OVERRIDES = frozenset({"attention", "block_size", "dropout", "attn_backend", "max_seq_len", "rope_scaling",
+                            "shift_logits"})  # change how the weights are used, never their shapes
+
+
 def init_from_model_dir(path: str, overrides: DictConfig | dict) -> tuple:
-    """(tokenizer, model, model_spec) from an exported or converted model directory.
+    """(tokenizer, model spec, state dict) of an exported or converted model directory.
 
     The architecture is the directory's, updated with ``init_overrides`` (e.g. ``attention:
     block_causal, block_size: 4`` to adapt a converted AR checkpoint as block diffusion); every
     weight is loaded, so an override may only change how the weights are used, not their shapes.
     """
-    from dlm.checkpoint import build, load_model_dir
-
     loaded = load_model_dir(path)
     overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
-    unknown = set(overrides) - set(loaded.meta["model"])
-    if unknown - {"attention", "block_size", "dropout", "attn_backend", "max_seq_len", "rope_scaling"}:
+    unknown = set(overrides) - set(loaded.record.model_spec)
+    if unknown - INIT_OVERRIDES:
         raise ConfigError(f"init_overrides {sorted(unknown)} are not arguments of {path}'s model; valid: "
-                          f"{sorted(k for k in loaded.meta['model'] if k != '_target_')}")
-    spec = {**loaded.meta["model"], **overrides}
-    model = build(spec)
-    try:
-        model.load_state_dict(loaded.model.state_dict())
-    except RuntimeError as e:
-        raise ConfigError(f"init_overrides {overrides} change weight shapes of {path}: {e}") from e
-    return loaded.tokenizer, model, spec
+                          f"{sorted(k for k in loaded.record.model_spec if k != '_target_')}")
+    return loaded.tokenizer, {**loaded.record.model_spec, **overrides}, loaded.model.state_dict()
+
+
+def with_objective_reading(spec: dict, objective, *, key: str = "model") -> dict:
+    """The model spec with ``shift_logits`` following the objective.
+
+    How a model's outputs are read (token i from output i - 1, Dream / Fast-dLLM v2) is decided by the
+    objective that trains it and saved with the model spec (a ``Transformer`` argument), so sampling and
+    evaluation read it back from the directory. A spec that says otherwise is refused naming ``key``.
+    """
+    if not objective.shift_logits:
+        return spec  # False is every model's default: the spec stays as written
+    if spec.get("shift_logits") is False:
+        raise ConfigError(f"{key}.shift_logits=false but objective.shift_logits=true; the model is read the way "
+                          f"it is trained: drop {key}.shift_logits (it follows the objective)")
+    return {**spec, "shift_logits": True}
 
 
 def load_tokenizer_from(path: str):
     """The tokenizer of a model directory (or a saved tokenizer directory): a classifier for guidance
     must read exactly its denoiser's token ids, mask id included."""
-    from dlm.data.tokenizer import SPEC_FILE, load_tokenizer
-
-    path = Path(path)
-    for candidate in (path / "tokenizer", path):
-        if (candidate / SPEC_FILE).is_file():
-            return load_tokenizer(candidate)
-    raise ConfigError(f"tokenizer_from={path} holds no dlm tokenizer ({SPEC_FILE} in it or in its tokenizer/); "
-                      "give a model directory written by dlm-train or dlm-convert")
+    try:
+        return tokenizer_of(path, key="tokenizer_from")
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from e
 
 
 def run(cfg: DictConfig) -> dict:
@@ -115,15 +134,25 @@ def run(cfg: DictConfig) -> dict:
     resume = resolve_ckpt(cfg.get("ckpt_path"), ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    objective = instantiate(cfg.objective)
+    if "block_size" in cfg.data:
+        raise ConfigError(f"data.block_size={cfg.data.block_size}: the data row length is data.seq_len "
+                          "(block_size is only the diffusion block: objective.block_size / model.block_size)")
     if cfg.get("init_from"):
-        tokenizer, model, model_spec = init_from_model_dir(cfg.init_from, cfg.get("init_overrides") or {})
+        tokenizer, model_spec, state = init_from_model_dir(cfg.init_from, cfg.get("init_overrides") or {})
+        model_spec = with_objective_reading(model_spec, objective, key="init_overrides")
+        model = build(model_spec)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"init_overrides {cfg.init_overrides} change weight shapes of {cfg.init_from}: {e}") from e
     else:
         tokenizer = load_tokenizer_from(cfg.tokenizer_from) if cfg.get("tokenizer_from") else instantiate(cfg.tokenizer)
-        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
         model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),
                       "vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id}
-    objective = instantiate(cfg.objective)
-    check_compatible(model, objective, block_size=cfg.data.block_size)
+        model_spec = with_objective_reading(model_spec, objective)
+        model = instantiate(model_spec)
+    check_compatible(model, objective, seq_len=cfg.data.seq_len)
 
     world = world_size(cfg.trainer)
     accumulate = accumulation(cfg.get("global_batch_size"), cfg.batch_size, world)
@@ -137,13 +166,11 @@ def run(cfg: DictConfig) -> dict:
 
     schedule_cfg = cfg.objective.get("schedule")
     schedule_spec = OmegaConf.to_container(schedule_cfg, resolve=True) if schedule_cfg is not None else None
-    kind = getattr(objective, "model_kind", "diffusion")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     export = ExportModelDir(
-        path=run_dir / "model", model_spec=model_spec, tokenizer=tokenizer, kind=kind, schedule_spec=schedule_spec,
-        extra={"keep_first_token": bool(getattr(objective, "keep_first_token", False)),
-               "shift_logits": bool(getattr(objective, "shift_logits", False)),
-               "block_size": int(cfg.data.block_size), "data": data_kwargs},
+        path=run_dir / "model", model_spec=model_spec, tokenizer=tokenizer, family=objective.family,
+        schedule_spec=schedule_spec, seq_len=int(cfg.data.seq_len),
+        keep_first_token=bool(getattr(objective, "keep_first_token", False)), extra={"data": data_kwargs},
         config_yaml=config_yaml,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
@@ -152,8 +179,7 @@ def run(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
                           default_root_dir=str(run_dir), use_distributed_sampler=False)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     # close a wandb run now: its exit-time messages would otherwise follow the JSON summary line
     wandb = sys.modules.get("wandb")
@@ -164,9 +190,9 @@ def run(cfg: DictConfig) -> dict:
         "model_dir": str(run_dir / "model"),
         "checkpoint": str(ckpt_dir / "last.ckpt"),
         "step": trainer.global_step,
-        "kind": kind,
+        "kind": objective.family.kind,
         **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))},
     }
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

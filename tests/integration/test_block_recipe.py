@@ -30,7 +30,7 @@ def test_block_recipe_end_to_end(tmp_path):
         assert out["samples"] == 2
     bench = run_cli("dlm-bench", "block", f"ar_hf={tmp_path}/ar_hf", f"block_model={block['model_dir']}",
                     "gen_tokens=[16]", "prompt_tokens=8", f"ppl.ar_model={ar}", "ppl.max_tokens=2000",
-                    "ppl.num_samples=2", "ppl.block_size=32", f"out={tmp_path}/block.json", cwd=tmp_path)
+                    "ppl.num_samples=2", "ppl.seq_len=32", f"out={tmp_path}/block.json", cwd=tmp_path)
     report = json.loads((tmp_path / "block.json").read_text())
     assert bench["rows"] == 4 and {r["decoder"] for r in report["rows"]} >= {"ar_hf_generate", "block_cached_static"}
     static = {r["decoder"]: r for r in report["rows"]}

@@ -7,8 +7,9 @@ from hydra_helpers import compose_config
 from mocks import BigramAR
 
 from dlm.data.tokenizers.char import CharTokenizer
+from dlm.io.classifier_dir import save_classifier
 from dlm.models.block_policy import BlockSizePolicy
-from dlm.models.classifier import SequenceClassifier, save_classifier
+from dlm.models.classifier import SequenceClassifier
 from dlm.models.transformer import Transformer
 from dlm.objectives.block_policy import BlockPolicyTrainer
 from dlm.samplers.guidance import ClassifierGuidance

@@ -38,12 +38,12 @@ def test_trained_classifier_steers_block_sampling(tmp_path):
     denoiser = run_cli(
         "dlm-train", "objective=block", "objective.block_size=4", "model=tiny", "model.attention=block_causal",
         "+model.block_size=4", "model.max_seq_len=32", "data=text_file", f"data.source={corpus}",
-        "data.block_size=32", "batch_size=16", "trainer.max_steps=150", "trainer.val_check_interval=150",
+        "data.seq_len=32", "batch_size=16", "trainer.max_steps=150", "trainer.val_check_interval=150",
         "trainer.limit_val_batches=1", "optim.lr=2e-3", "optim.warmup_steps=10", "ema_decay=0.9",
         f"run_dir={tmp_path}/block", cwd=tmp_path)["model_dir"]
     clf = run_cli(
         "dlm-train", "experiment=guidance_classifier", f"tokenizer_from={denoiser}", f"data.source={labelled}",
-        "data.classes=[ab,xy]", "data.block_size=32", "model.dim=32", "model.n_layers=1", "model.n_heads=2",
+        "data.classes=[ab,xy]", "data.seq_len=32", "model.dim=32", "model.n_layers=1", "model.n_heads=2",
         "trainer.max_steps=80", "trainer.val_check_interval=80", f"run_dir={tmp_path}/clf", cwd=tmp_path)
     assert clf["kind"] == "classifier" and clf["val/nll"] < 0.45  # log 2 = 0.69 is chance
 

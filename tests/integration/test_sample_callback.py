@@ -21,7 +21,7 @@ def test_sample_callback_writes_jsonl_at_each_validation(tmp_path):
     for f in files:
         recs = [json.loads(line) for line in f.read_text().splitlines()]
         assert len(recs) == 4
-        assert all(len(r["tokens"]) == cfg.data.block_size and isinstance(r["text"], str) for r in recs)
+        assert all(len(r["tokens"]) == cfg.data.seq_len and isinstance(r["text"], str) for r in recs)
     assert not [p for p in (tmp_path / "r" / "samples").iterdir() if p.name.startswith(".")]
     with open(tmp_path / "r" / "logs" / "metrics.csv") as fh:
         assert any(row.get("val/sample_nfe") for row in csv.DictReader(fh))

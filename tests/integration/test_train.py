@@ -8,6 +8,7 @@ import torch
 from hydra_helpers import compose_config
 
 import dlm
+from dlm.io.record import Family
 from dlm.train.module import NonFiniteLossError
 from dlm.train.run import run
 
@@ -36,7 +37,8 @@ def test_loss_falls_over_50_steps_and_model_dir_round_trips(tmp_path):
     last = sum(losses[s] for s in steps[-5:]) / 5
     assert last < 0.75 * first, (first, last)
     loaded = dlm.load(summary["model_dir"])
-    assert loaded.kind == "diffusion" and loaded.meta["step"] == 50
+    assert loaded.family is Family.MASKED and loaded.record.step == loaded.meta["step"] == 50
+    assert loaded.record.seq_len == cfg.data.seq_len and loaded.meta["data"]["seq_len"] == cfg.data.seq_len
     assert (Path(summary["model_dir"]) / "config.yaml").exists()
     ids = torch.tensor([loaded.tokenizer.encode("def f(x): return x")])
     assert loaded.model(ids).shape == (1, ids.shape[1], loaded.tokenizer.vocab_size)

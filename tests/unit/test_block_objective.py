@@ -10,11 +10,13 @@ import math
 
 import pytest
 import torch
+from mocks import BlockOracle, Uniform
 from torch import nn
 
 from dlm.diffusion.posterior import subs_log_probs
 from dlm.errors import ConfigError
 from dlm.eval.block_perplexity import block_nelbo_per_sequence, mask_exactly_k_per_segment
+from dlm.io.record import Family
 from dlm.models.transformer import Transformer
 from dlm.nn.block_mask import (
     block_diffusion_mask,
@@ -145,56 +147,22 @@ def test_block_size_one_clean_stream_is_causal_and_block_size_n_noisy_stream_is_
 
 
 # ---------------------------------------------------------------- loss identities (research C6, C7)
-class BlockOracle(nn.Module):
-    """Knows x0: output j puts all mass on x0[j] (or x0[j + 1] when ``shifted``), in both halves."""
-
-    time_conditioned = False
-
-    def __init__(self, x0, shifted=False):
-        super().__init__()
-        self.x0, self.shifted, self.mask_id, self.vocab_size = x0, shifted, MASK, V
-        self.calls = []
-
-    def forward(self, inputs, t=None, **kw):
-        self.calls.append(inputs)
-        target = torch.cat([self.x0, self.x0], 1)
-        if self.shifted:
-            target = torch.roll(target, -1, dims=1)
-        return torch.full((*inputs.shape, V), -1e4).scatter(-1, target[..., None], 1e4)
-
-
-class Uniform(nn.Module):
-    """Uniform over the first K tokens: every masked target costs log K."""
-
-    time_conditioned = False
-
-    def __init__(self, k):
-        super().__init__()
-        self.k, self.mask_id, self.vocab_size = k, MASK, V
-        self.calls = []
-
-    def forward(self, inputs, t=None, **kw):
-        self.calls.append(inputs)
-        logits = torch.full((*inputs.shape, V), float("-inf"))
-        logits[..., : self.k] = 0.0
-        return logits
-
-
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("sizes", [None, [1, 3, 5]])
 def test_oracle_denoiser_gives_exactly_zero_loss(shift, sizes):
     x0 = tokens(b=4, n=16)
     positions = torch.cat([torch.arange(7), torch.arange(9)]).expand_as(x0)
     loss = BlockDiffusionLoss(block_size=4, block_sizes=sizes, shift_logits=shift)
+    oracle = BlockOracle(x0, shift, vocab_size=V, mask_id=MASK)
     for seed in range(3):
-        out = loss(BlockOracle(x0, shift), {"input_ids": x0, "positions": positions}, torch.Generator().manual_seed(seed))
+        out = loss(oracle, {"input_ids": x0, "positions": positions}, torch.Generator().manual_seed(seed))
         assert out.loss.item() == 0.0 and out.metrics["mask_rate"] > 0
         assert out.num_tokens.item() == (4 * 14 if shift else 64)  # shift: document starts are not targets
 
 
 def test_uniform_denoiser_costs_log_k_per_target():
     x0 = tokens(b=8, n=16) % 3
-    model = Uniform(3)
+    model = Uniform(3, V, MASK)
     # t forced to ~1: everything masked, weight 1 -> exactly log K per target token
     out = BlockDiffusionLoss(t_min=1 - 1e-7, t_max=1.0)(model, {"input_ids": x0}, torch.Generator().manual_seed(0))
     assert out.metrics["mask_rate"].item() == 1.0 and out.loss.item() == pytest.approx(math.log(3), rel=1e-5)
@@ -222,7 +190,7 @@ def test_sft_prompt_is_never_masked_nor_counted():
     x0 = tokens(b=4, n=16)
     prompt = torch.zeros_like(x0, dtype=torch.bool)
     prompt[:, :6] = True
-    model = Uniform(V - 1)
+    model = Uniform(V - 1, V, MASK)
     loss = BlockDiffusionLoss(sft=True, t_min=0.5, t_granularity="sequence")
     for seed in range(5):
         out = loss(model, {"input_ids": x0, "prompt_mask": prompt}, torch.Generator().manual_seed(seed))
@@ -248,7 +216,7 @@ def test_per_block_t_gives_each_block_its_own_mask_rate():
     x0 = tokens(b=256, n=64)
     rates = {}
     for gran in ("block", "sequence"):
-        model = Uniform(3)
+        model = Uniform(3, V, MASK)
         BlockDiffusionLoss(block_size=8, t_granularity=gran)(model, {"input_ids": x0}, torch.Generator().manual_seed(1))
         masked = (model.calls[-1][:, :64] == MASK).float().view(256, 8, 8).mean(-1)
         rates[gran] = masked.var(-1).mean().item()
@@ -334,20 +302,21 @@ def test_variable_partitions_and_document_restarts():
 
 def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match="objective.block_size"):
-        BlockDiffusionLoss(block_size=5)(Uniform(3), {"input_ids": tokens(n=12)})
+        BlockDiffusionLoss(block_size=5)(Uniform(3, V, MASK), {"input_ids": tokens(n=12)})
     with pytest.raises(ConfigError, match="objective.block_sizes"):
         BlockDiffusionLoss(block_sizes=[4, 0])
     with pytest.raises(ConfigError, match="objective.t_min"):
         BlockDiffusionLoss(t_min=0.5, t_max=0.5)
     with pytest.raises(ConfigError, match="objective.t_granularity"):
         BlockDiffusionLoss(t_granularity="token")
-    assert BlockDiffusionLoss.model_kind == "block" and BlockDiffusionLoss.model_attention == "block_causal"
+    assert BlockDiffusionLoss.family is Family.BLOCK and BlockDiffusionLoss.family.attention == "block_causal"
 
 
 def test_eval_ppl_model_dir_scores_a_block_model_with_its_block_nelbo(tmp_path):
-    from dlm.checkpoint import build, save_model_dir
     from dlm.data.tokenizers.char import CharTokenizer
     from dlm.eval.model_dir import eval_ppl_model_dir
+    from dlm.io.model_dir import save_model_dir
+    from dlm.io.spec import build
 
     tok = CharTokenizer()
     # max_seq_len 2 x 16: Transformer.forward checks the token count of [x_t ; x_0], not the positions
@@ -355,9 +324,9 @@ def test_eval_ppl_model_dir_scores_a_block_model_with_its_block_nelbo(tmp_path):
             "max_seq_len": 32, "attention": "block_causal", "block_size": 1, "vocab_size": tok.vocab_size,
             "mask_id": tok.mask_id}
     torch.manual_seed(0)
-    path = save_model_dir(tmp_path / "model", model=build(spec), model_spec=spec, tokenizer=tok, kind="block",
+    path = save_model_dir(tmp_path / "model", model=build(spec), model_spec=spec, tokenizer=tok, family=Family.BLOCK,
                           schedule_spec={"_target_": "dlm.diffusion.schedule.LogLinearSchedule"},
-                          extra={"block_size": 16, "keep_first_token": True})
+                          seq_len=16, keep_first_token=True)
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 8)
     res = eval_ppl_model_dir(path, dataset="t", source=str(text), split="test", batch_size=4, num_samples=2,
@@ -365,3 +334,25 @@ def test_eval_ppl_model_dir_scores_a_block_model_with_its_block_nelbo(tmp_path):
     assert res["method"] == "nelbo_bound" and res["diffusion_block_size"] == 1
     assert res["nll_stderr"] == pytest.approx(0.0, abs=1e-9)  # block size 1: the bound is exact, no variance
     assert res["tokens"] == res["sequences"] * 15 and res["ppl"] == pytest.approx(math.exp(res["nll"]))
+
+
+def test_padding_is_excluded_from_attention_in_both_streams():
+    """A right-padded row scores exactly as the row alone: the batch's padding mask reaches the model as a
+    may-attend mask over [x_t ; x_0] ANDed with the block-diffusion mask."""
+    from dlm.objectives.block import block_targets
+
+    model, x0 = tiny(block_size=4), tokens(b=1, n=8)
+    xt = noisy(x0)
+    padded = torch.cat([x0, torch.zeros(1, 4, dtype=torch.long)], 1)
+    padded_xt = torch.cat([xt, torch.full((1, 4), MASK)], 1)
+    pad = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], 1).long()
+    outs = []
+    for ids, noisy_ids, mask in ((x0, xt, None), (padded, padded_xt, pad)):
+        batch = {"input_ids": ids} if mask is None else {"input_ids": ids, "attention_mask": mask}
+        positions, blk, doc = block_layout(batch, block_size=4)
+        targets = block_targets(batch, doc) & (noisy_ids == MASK)
+        with torch.no_grad():
+            outs.append(block_denoise_nll(model, noisy_ids, ids, targets, positions=positions, block_ids=blk,
+                                          doc_ids=doc, attention_mask=mask))
+    torch.testing.assert_close(outs[1][:, :8], outs[0], atol=1e-5, rtol=0)
+    assert outs[1][:, 8:].abs().sum() == 0

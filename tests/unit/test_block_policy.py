@@ -3,39 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from mocks import BigramAR
+from mocks import BigramAR, FakeBlockSampler
 
 from dlm.errors import ConfigError
 from dlm.models.block_policy import BlockSizePolicy
 from dlm.objectives.block_policy import ARLogLikelihood, BlockPolicyTrainer
-from dlm.types import SampleOutput
 
 DIM = 8
-
-
-class FakeBlockSampler:
-    """Fills the canvas block by block with the token id = chosen block size; ``steps_per_block`` nfe per block.
-
-    Records ``info["block_sizes"]`` and ``info["policy_features"]`` exactly as the block sampler does.
-    """
-
-    def __init__(self, policy: BlockSizePolicy, steps_per_block: int = 2) -> None:
-        self.policy, self.steps_per_block = policy, steps_per_block
-
-    def __call__(self, model, *, batch_size, length, prompt=None, generator=None) -> SampleOutput:
-        tokens = torch.zeros(batch_size, length, dtype=torch.long)
-        sizes, feats, pos, nfe = [], [], 0, 0
-        while pos < length:
-            hidden = torch.randn(batch_size, DIM, generator=generator)
-            entropy = torch.rand(batch_size, generator=generator)
-            size = self.policy.next_block_size(hidden, entropy, generator=generator)
-            sizes.append(size)
-            feats.append((hidden, entropy))
-            tokens[:, pos: pos + size] = size
-            pos += size
-            nfe += self.steps_per_block
-        return SampleOutput(tokens=tokens, nfe=nfe, seconds=0.0,
-                            info={"block_sizes": sizes, "policy_features": feats})
 
 
 def prob_of(policy: BlockSizePolicy, size: int, n: int = 64) -> float:
@@ -138,3 +112,21 @@ def test_trainer_validates_its_inputs():
                                  length=8, reward_fn=lambda t: torch.full((t.shape[0],), float("-inf")))
     with pytest.raises(ValueError, match="non-finite"):
         trainer.step()
+
+
+def test_policy_round_trips_through_a_model_dir_and_other_families_are_refused(tmp_path):
+    from dlm.data.tokenizers.char import CharTokenizer
+    from dlm.errors import CheckpointError
+    from dlm.io.block_policy_dir import load_block_policy, save_block_policy
+    from dlm.io.classifier_dir import load_classifier
+
+    torch.manual_seed(0)
+    policy = BlockSizePolicy(sizes=[2, 4, 8], dim=DIM, hidden_dim=16)
+    torch.nn.init.normal_(policy.mlp[-1].weight)
+    path = save_block_policy(tmp_path / "policy", policy=policy, tokenizer=CharTokenizer(), extra={"step_cost": 0.1})
+    loaded = load_block_policy(path)
+    assert not loaded.training and loaded.sizes == [2, 4, 8] and loaded.hidden_dim == 16
+    states = torch.randn(5, DIM + 1)
+    torch.testing.assert_close(loaded(states), policy(states), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="'block_policy' model, not a classifier"):
+        load_classifier(path)

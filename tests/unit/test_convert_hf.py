@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
-from dlm.checkpoint import load_model_dir
-from dlm.convert.hf import convert, dlm_to_hf, hf_to_dlm
 from dlm.errors import ConfigError
+from dlm.io.hf_dir import convert, dlm_to_hf, hf_to_dlm
+from dlm.io.model_dir import load_model_dir, save_model_dir
+from dlm.io.record import Family
+from dlm.nn.attention import padding_mask_to_attn_mask
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -52,13 +54,13 @@ def test_converted_model_matches_hf_logits(tmp_path, family):
     n_tok = len(transformers.AutoTokenizer.from_pretrained(src))  # some families add special tokens
     assert out["model_type"] == family and out["mask_id"] == n_tok and not out["resized"]
     loaded = load_model_dir(tmp_path / "dlm")
-    assert loaded.kind == "ar" and loaded.model.mask_id == loaded.tokenizer.mask_id == n_tok
+    assert loaded.family is Family.AR and loaded.model.mask_id == loaded.tokenizer.mask_id == n_tok
     x = torch.randint(0, len(WORDS), (2, 12))
     pad = torch.ones_like(x)
     pad[1, :3] = 0  # left padding
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), hf(x).logits, atol=1e-4, rtol=0)
-        got, want = loaded.model(x, attention_mask=pad), hf(x, attention_mask=pad).logits
+        got, want = loaded.model(x, attn_mask=padding_mask_to_attn_mask(pad)), hf(x, attention_mask=pad).logits
         torch.testing.assert_close(got[:, 3:], want[:, 3:], atol=1e-4, rtol=0)
 
 
@@ -92,7 +94,7 @@ def test_block_causal_conversion_and_tokenizer(tmp_path):
     src, hf = hf_dir(tmp_path, "qwen3")
     out = hf_to_dlm(src, tmp_path / "blk", attention="block_causal", block_size=4)
     loaded = load_model_dir(tmp_path / "blk")
-    assert out["kind"] == loaded.kind == "block" and loaded.model.block_size == 4
+    assert out["kind"] == loaded.family.kind == "block" and loaded.model.block_size == 4
     assert loaded.tokenizer.mask_id == loaded.model.mask_id
     ids = loaded.tokenizer.encode("the cat sat")
     assert ids == [WORDS.index(w) for w in ("the", "cat", "sat")]
@@ -108,7 +110,6 @@ def test_block_causal_conversion_and_tokenizer(tmp_path):
 
 
 def test_dlm_tokenizer_survives_the_hf_round_trip(tmp_path):
-    from dlm.checkpoint import save_model_dir
     from dlm.data.tokenizers.char import CharTokenizer
     from dlm.models.transformer import Transformer
 
@@ -116,7 +117,7 @@ def test_dlm_tokenizer_survives_the_hf_round_trip(tmp_path):
     spec = dict(_target_="dlm.models.transformer.Transformer", vocab_size=tok.vocab_size, mask_id=tok.mask_id,
                 dim=32, n_layers=1, n_heads=4, max_seq_len=32, attention="causal")
     model = Transformer(**{k: v for k, v in spec.items() if k != "_target_"})
-    save_model_dir(tmp_path / "ar", model=model, model_spec=spec, tokenizer=tok, kind="ar")
+    save_model_dir(tmp_path / "ar", model=model, model_spec=spec, tokenizer=tok, family=Family.AR)
     dlm_to_hf(tmp_path / "ar", tmp_path / "hf")
     assert (tmp_path / "hf" / "dlm_tokenizer").is_dir()
     hf_to_dlm(tmp_path / "hf", tmp_path / "back", attention="block_causal", block_size=4)
@@ -160,7 +161,6 @@ def test_mask_token_is_registered_at_the_mask_id_in_both_directions(tmp_path):
 
 def test_dlm_tokenizer_with_appended_mask_exports_it(tmp_path):
     """A dlm model trained with an HF tokenizer whose [MASK] was appended (GPT-2 style)."""
-    from dlm.checkpoint import save_model_dir
     from dlm.data.tokenizers.hf import HFTokenizer
     from dlm.models.transformer import Transformer
 
@@ -169,7 +169,7 @@ def test_dlm_tokenizer_with_appended_mask_exports_it(tmp_path):
     spec = dict(_target_="dlm.models.transformer.Transformer", vocab_size=tok.vocab_size, mask_id=tok.mask_id,
                 dim=32, n_layers=1, n_heads=4, max_seq_len=32, attention="causal")
     save_model_dir(tmp_path / "ar", model=Transformer(**{k: v for k, v in spec.items() if k != "_target_"}),
-                   model_spec=spec, tokenizer=tok, kind="ar")
+                   model_spec=spec, tokenizer=tok, family=Family.AR)
     dlm_to_hf(tmp_path / "ar", tmp_path / "hf", model_type="llama")
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert auto.mask_token_id == tok.mask_id and auto.encode("the cat", add_special_tokens=False) == tok.encode("the cat")

@@ -168,7 +168,7 @@ def test_wrap_without_bos_is_plain_chunks():
     np.testing.assert_array_equal(
         wrap(DOCS, 4, bos_id=None, eos_id=None), [[10, 11, 12, 13], [14, 15, 16, 17]]
     )
-    # BOS but no EOS: [BOS] + piece of block_size - 1
+    # BOS but no EOS: [BOS] + piece of seq_len - 1
     np.testing.assert_array_equal(
         wrap(DOCS, 4, bos_id=1, eos_id=None), [[1, 10, 11, 12], [1, 13, 14, 15], [1, 16, 17, 18]]
     )
@@ -176,7 +176,7 @@ def test_wrap_without_bos_is_plain_chunks():
 
 def test_wrap_edge_cases():
     assert wrap([[1, 2]], 8, bos_id=0, eos_id=9).shape == (0, 8)
-    with pytest.raises(ConfigError, match=r"data\.block_size=2 leaves no room"):
+    with pytest.raises(ConfigError, match=r"data\.seq_len=2 leaves no room"):
         wrap(DOCS, 2, bos_id=1, eos_id=2)
 
 
@@ -217,7 +217,7 @@ class OneShot:
 
 
 def _build(tmp_path, fn, **kw):
-    args = dict(tokenizer=CharTokenizer(), block_size=8, mode="wrap", cache_dir=tmp_path, key_parts={"corpus": "toy"},
+    args = dict(tokenizer=CharTokenizer(), seq_len=8, mode="wrap", cache_dir=tmp_path, key_parts={"corpus": "toy"},
                 show_progress=False)  # fmt: skip
     return build_or_load_blocks(documents_fn=fn, **{**args, **kw})
 
@@ -228,7 +228,7 @@ def test_cache_rows_equal_wrap_and_are_reused(tmp_path):
     blocks = _build(tmp_path, fn)
     expected = wrap([tok.encode(t) for t in TEXTS], 8, bos_id=tok.bos_id, eos_id=tok.eos_id)
     # 61 characters + 4 EOS = 65 tokens -> 10 pieces of 8 - 2
-    assert len(blocks) == len(expected) == 10 and blocks.block_size == 8 and blocks.num_tokens == 80
+    assert len(blocks) == len(expected) == 10 and blocks.seq_len == 8 and blocks.num_tokens == 80
     np.testing.assert_array_equal(blocks.ids, expected)
     item = blocks[1]
     assert item["input_ids"].dtype == torch.long and item["input_ids"].tolist() == expected[1].tolist()
@@ -251,7 +251,7 @@ def test_cache_rows_equal_wrap_and_are_reused(tmp_path):
 
 def test_cache_key_changes_with_settings(tmp_path):
     a = _build(tmp_path, lambda: iter(TEXTS))
-    b = _build(tmp_path, lambda: iter(TEXTS), block_size=6)
+    b = _build(tmp_path, lambda: iter(TEXTS), seq_len=6)
     c = _build(tmp_path, lambda: iter(TEXTS), key_parts={"corpus": "other"})
     d = _build(tmp_path, lambda: iter(TEXTS), mode="pack")
     e = _build(tmp_path, lambda: iter(TEXTS), detokenizer=str.upper)
@@ -303,7 +303,7 @@ def test_cache_failure_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="disk on fire"):
         _build(tmp_path, broken)
     assert os.listdir(tmp_path) == []
-    with pytest.raises(ConfigError, match=r"no block of data\.block_size=8 tokens \(2 tokens read\)"):
+    with pytest.raises(ConfigError, match=r"no row of data\.seq_len=8 tokens \(2 tokens read\)"):
         _build(tmp_path, lambda: iter(["ab"]))
     assert os.listdir(tmp_path) == []
     assert len(_build(tmp_path, lambda: iter(TEXTS))) == 10
@@ -361,7 +361,7 @@ def test_end_to_end_shakespeare_char(shared_data, tmp_path):
     if not path.is_file():
         pytest.skip(f"{path} not found")
     blocks = build_or_load_blocks(
-        documents_fn=lambda: load_documents(str(path), "train"), tokenizer=CharTokenizer(), block_size=64,
+        documents_fn=lambda: load_documents(str(path), "train"), tokenizer=CharTokenizer(), seq_len=64,
         mode="wrap", cache_dir=tmp_path, key_parts=corpus_key(str(path), "train"), max_tokens=6400,
         show_progress=False,
     )  # fmt: skip
@@ -373,3 +373,23 @@ def test_end_to_end_shakespeare_char(shared_data, tmp_path):
         == "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     )
     assert tok.decode(blocks[1]["input_ids"]).startswith("All:\nSpeak, speak.")
+
+
+def test_caches_written_before_the_seq_len_rename_still_load_under_the_same_key(tmp_path):
+    """The row length is hashed under its former name and an old meta.json ("block_size") still reads."""
+    from dlm.data.token_cache import cache_key
+    from dlm.data.tokenizer import fingerprint_of
+
+    blocks = _build(tmp_path, lambda: iter(TEXTS))
+    tok = CharTokenizer()
+    key = cache_key(key_parts={"corpus": "toy"}, tokenizer=tok, seq_len=8, mode="wrap")
+    assert key == fingerprint_of({"key_parts": {"corpus": "toy"}, "tokenizer": tok.fingerprint(), "block_size": 8,
+                                  "mode": "wrap", "detokenizer": None, "max_tokens": None, "format": 1})
+    assert blocks.directory.name == key
+    meta_path = blocks.directory / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["block_size"] = meta.pop("seq_len")
+    meta_path.write_text(json.dumps(meta))
+    old = TokenBlocks(blocks.directory)
+    assert old.seq_len == 8 and len(old) == len(blocks)
+    np.testing.assert_array_equal(old.ids, blocks.ids)

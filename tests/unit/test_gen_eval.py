@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlm.checkpoint import build, save_model_dir
 from dlm.data.tokenizers.char import CharTokenizer
 from dlm.errors import CheckpointError, ConfigError
 from dlm.eval.diversity import distinct_n, mean_entropy, unigram_entropy
 from dlm.eval.gen_job import eval_gen_file
 from dlm.eval.gen_ppl import eos_weights, generative_perplexity, load_judge, scored_sequences
+from dlm.io.model_dir import save_model_dir
+from dlm.io.record import Family
+from dlm.io.spec import build
 from dlm.objectives.ar import next_token_nll
 
 EOT = "<|endoftext|>"
@@ -39,15 +41,13 @@ def hf_dir(tmp_path_factory):
     return path
 
 
-def export_dlm(path, *, kind: str):
+def export_dlm(path, *, family: Family):
     tok = CharTokenizer()
     spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
-            "max_seq_len": 32, "attention": "causal" if kind == "ar" else "bidirectional",
-            "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
+            "max_seq_len": 32, "attention": family.attention, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
     torch.manual_seed(0)
     model = build(spec)
-    return save_model_dir(path, model=model, model_spec=spec, tokenizer=tok, kind=kind,
-                          extra={"block_size": 32}), model, tok
+    return save_model_dir(path, model=model, model_spec=spec, tokenizer=tok, family=family, seq_len=32), model, tok
 
 
 def hf_token_nll(judge, ids: list[int]) -> torch.Tensor:
@@ -109,7 +109,7 @@ def test_long_texts_are_scored_in_windows_covering_each_target_once(hf_dir):
 
 
 def test_dlm_ar_model_dir_judge_excludes_the_mask_column(tmp_path):
-    path, model, tok = export_dlm(tmp_path / "ar", kind="ar")
+    path, model, tok = export_dlm(tmp_path / "ar", family=Family.AR)
     judge = load_judge(path)
     texts = ["hello world", "print(x)"]
     nll_sum, n = 0.0, 0
@@ -123,7 +123,7 @@ def test_dlm_ar_model_dir_judge_excludes_the_mask_column(tmp_path):
 
 
 def test_diffusion_dir_and_unknown_dirs_are_refused(tmp_path):
-    path, _, _ = export_dlm(tmp_path / "diff", kind="diffusion")
+    path, _, _ = export_dlm(tmp_path / "diff", family=Family.MASKED)
     with pytest.raises(ConfigError, match="kind 'ar'"):
         load_judge(path)
     (tmp_path / "empty").mkdir()

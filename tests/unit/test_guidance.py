@@ -3,30 +3,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from mocks import ExactDenoiser
+from mocks import CountZeros, ExactDenoiser, LogisticScore, LogLinearScore
 from torch import Tensor, nn
 
 from dlm.data.tokenizers.char import CharTokenizer
 from dlm.errors import CheckpointError
-from dlm.models.classifier import SequenceClassifier, load_classifier, save_classifier
+from dlm.io.classifier_dir import load_classifier, save_classifier
+from dlm.models.classifier import SequenceClassifier
 from dlm.objectives.classifier import NoisyClassifierLoss
 from dlm.samplers.guidance import ClassifierGuidance
 
 V, MASK, P, LB = 6, 5, 3, 4  # vocab incl. mask, mask id, prefix length, block length
-
-
-class LogLinearScore(nn.Module):
-    """log p(y=0 | z) = Σ_ℓ W[ℓ, z_ℓ] exactly linear in the one-hot (class 1 gets the negated score)."""
-
-    def __init__(self, length: int, seed: int = 0) -> None:
-        super().__init__()
-        self.vocab_size = V
-        self.w = nn.Parameter(torch.randn(length, V, generator=torch.Generator().manual_seed(seed)))
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        z = F.one_hot(x, V).float() if not x.is_floating_point() else x
-        s = (z * self.w[: z.shape[1]]).sum((1, 2))
-        return torch.stack([s, -s], -1)
 
 
 def small_classifier(seed: int = 0, std: float = 0.3) -> SequenceClassifier:
@@ -60,7 +47,7 @@ def test_gamma_zero_is_bitwise_identity(mode):
 @pytest.mark.parametrize("target", [0, 1])
 def test_exact_equals_first_order_for_log_linear_classifier(target):
     log_probs, tokens, masked = setup(1)
-    clf = LogLinearScore(P + LB)
+    clf = LogLinearScore(P + LB, V)
     exact = ClassifierGuidance(classifier=clf, target_class=target, gamma=1.7, mode="exact")(log_probs, tokens, P, MASK)
     first = ClassifierGuidance(classifier=clf, target_class=target, gamma=1.7, mode="first_order")(
         log_probs, tokens, P, MASK)
@@ -68,16 +55,9 @@ def test_exact_equals_first_order_for_log_linear_classifier(target):
     assert not torch.allclose(exact[masked], log_probs[masked], atol=1e-2), "guidance must change masked rows"
 
 
-class LogisticScore(LogLinearScore):
-    """Two-class logistic regression on the one-hot: log p(y | z) = log_softmax([s, -s]), not linear in z."""
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return super().log_prob(x).log_softmax(-1)
-
-
 def test_first_order_approximates_exact_for_nonlinear_classifier():
     log_probs, tokens, masked = setup(2)
-    clf = LogisticScore(P + LB, seed=3)
+    clf = LogisticScore(P + LB, V, seed=3)
     with torch.no_grad():
         clf.w.mul_(0.2)  # substitutions move the score by O(0.3): the Taylor remainder is second order
     kw = dict(classifier=clf, target_class=1, gamma=0.5)
@@ -155,17 +135,6 @@ def test_noisy_classifier_beats_chance_on_masked_inputs():
     assert acc > 0.7, acc
 
 
-class CountZeros(nn.Module):
-    """p(y=1 | z) = sigmoid(4 (#zeros − 1.5)): class 1 = "at least two 0 tokens" (masks count as nothing)."""
-
-    vocab_size = 4
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        z = F.one_hot(x, 4).float() if not x.is_floating_point() else x
-        s = 4.0 * (z[..., 0].sum(-1) - 1.5)
-        return torch.stack([F.logsigmoid(-s), F.logsigmoid(s)], -1)
-
-
 @pytest.mark.parametrize("mode", ["exact", "first_order"])
 def test_guidance_shifts_samples_toward_target_class(mode):
     real, L, B = 3, 4, 1000
@@ -203,7 +172,8 @@ def test_classifier_round_trips_through_a_model_dir(tmp_path):
     soft = F.one_hot(ids, tok.vocab_size).float()
     torch.testing.assert_close(loaded(soft), clf(ids), rtol=1e-5, atol=1e-5)  # soft one-hot input works
 
-    from dlm.checkpoint import save_model_dir
-    save_model_dir(tmp_path / "denoiser", model=clf, model_spec=spec, tokenizer=tok, kind="diffusion")
+    from dlm.io.model_dir import save_model_dir
+    from dlm.io.record import Family
+    save_model_dir(tmp_path / "denoiser", model=clf, model_spec=spec, tokenizer=tok, family=Family.MASKED)
     with pytest.raises(CheckpointError, match="not a classifier"):
         load_classifier(tmp_path / "denoiser")

@@ -5,24 +5,24 @@ import json
 import pytest
 import torch
 
-from dlm.checkpoint import build, save_model_dir
 from dlm.data.tokenizers.char import CharTokenizer
 from dlm.errors import ConfigError
-from dlm.eval.sample_job import decode_sample, sample_to_jsonl
+from dlm.eval.sample_job import decode_sample, prompt_ids, sample_to_jsonl
+from dlm.io.model_dir import save_model_dir
+from dlm.io.record import Family
+from dlm.io.spec import build
 from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.autoregressive import AutoregressiveSampler
 
 KEYS = {"text", "tokens", "nfe", "seconds"}
 
 
-def export(path, kind="diffusion"):
+def export(path, family=Family.MASKED):
     tok = CharTokenizer()
     spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
-            "max_seq_len": 16, "attention": "causal" if kind == "ar" else "bidirectional",
-            "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
+            "max_seq_len": 16, "attention": family.attention, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
     torch.manual_seed(0)
-    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, kind=kind,
-                          extra={"block_size": 16})
+    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, family=family, seq_len=16)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_same_seed_same_samples_other_seed_other_samples(model_dir, tmp_path):
 
 
 def test_prompt_follows_bos_and_ar_models_start_from_bos(tmp_path):
-    ar = export(tmp_path / "ar", kind="ar")
+    ar = export(tmp_path / "ar", family=Family.AR)
     tok = CharTokenizer()
     sample_to_jsonl(ar, AutoregressiveSampler(), num_samples=2, length=10, prompt="ab", device="cpu",
                     out=tmp_path / "p.jsonl")
@@ -89,21 +89,56 @@ def test_bad_lengths_are_refused_before_sampling(model_dir, tmp_path):
 
 
 def test_a_failing_sampler_leaves_nothing_behind(model_dir, tmp_path):
-    def broken(model, **kwargs):
-        raise RuntimeError("boom")
+    class Broken:
+        extends_context = False
+
+        def check_model(self, model):
+            pass
+
+        def __call__(self, model, **kwargs):
+            raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        sample_to_jsonl(model_dir, broken, num_samples=2, length=8, device="cpu", out=tmp_path / "x.jsonl")
+        sample_to_jsonl(model_dir, Broken(), num_samples=2, length=8, device="cpu", out=tmp_path / "x.jsonl")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_shift_logits_models_are_refused_by_the_samplers(tmp_path):
     tok = CharTokenizer()
     spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
-            "max_seq_len": 16, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
-    path = save_model_dir(tmp_path / "m", model=build(spec), model_spec=spec, tokenizer=tok, kind="diffusion",
-                          extra={"shift_logits": True})
+            "max_seq_len": 16, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id, "shift_logits": True}
+    path = save_model_dir(tmp_path / "m", model=build(spec), model_spec=spec, tokenizer=tok, family=Family.MASKED)
     with pytest.raises(ConfigError, match="shift_logits"):
         sample_to_jsonl(path, AncestralSampler(num_steps=4), num_samples=1, length=8, device="cpu",
                         out=tmp_path / "s.jsonl")
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_an_empty_prompt_is_refused_only_where_the_family_needs_one():
+    tok = CharTokenizer()
+    tok.bos_id = None
+    assert prompt_ids(tok, None, family=Family.MASKED) == []
+    assert prompt_ids(tok, "ab", family=Family.AR) == tok.encode("ab")
+    with pytest.raises(ConfigError, match="needs a prompt"):
+        prompt_ids(tok, None, family=Family.AR)
+
+
+def test_a_sampler_that_cannot_decode_the_model_is_refused_before_sampling(tmp_path):
+    ar = export(tmp_path / "ar", family=Family.AR)
+    with pytest.raises(ConfigError, match="attention='causal'"):
+        sample_to_jsonl(ar, AncestralSampler(num_steps=4), num_samples=1, length=8, device="cpu",
+                        out=tmp_path / "s.jsonl")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_strided_sampling_goes_past_the_context_other_samplers_do_not(model_dir, tmp_path):
+    from dlm.samplers.strided import StridedSampler
+
+    out = tmp_path / "long.jsonl"
+    sample_to_jsonl(model_dir, StridedSampler(sampler=AncestralSampler(num_steps=4), stride=8), num_samples=2,
+                    length=40, device="cpu", out=out)  # the model's context is 16
+    assert [len(r["tokens"]) for r in read(out)] == [40, 40]
+    with pytest.raises(ConfigError, match="length=40 exceeds the model's context"):
+        sample_to_jsonl(model_dir, AncestralSampler(num_steps=4), num_samples=1, length=40, device="cpu",
+                        out=tmp_path / "refused.jsonl")
+    assert not (tmp_path / "refused.jsonl").exists()

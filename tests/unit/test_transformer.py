@@ -8,6 +8,7 @@ import yaml
 
 from dlm.errors import ConfigError
 from dlm.models.transformer import Transformer, default_ffn_dim
+from dlm.nn.attention import padding_mask_to_attn_mask
 
 V, MASK = 50, 49
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
@@ -90,7 +91,7 @@ def test_padding_rows_finite_and_real_tokens_unaffected_by_pads():
         x = ids(L=6)
         pad = torch.ones(2, 6, dtype=torch.long)
         pad[1, :2] = 0  # left padding: under causal attention these queries see no real key
-        out = m(x, attention_mask=pad)
+        out = m(x, attn_mask=padding_mask_to_attn_mask(pad))
         assert torch.isfinite(out).all()
         # the second sequence's real tokens, evaluated alone at the same positions
         alone = m(x[1:, 2:], positions=torch.arange(2, 6))
@@ -113,7 +114,7 @@ def test_too_long_input_names_the_fix():
     assert msg.startswith(
         "sequence length 2048 exceeds model.max_seq_len=1024; extend the context with NTK RoPE"
     )
-    assert "model.rope_scaling" in msg and "data.block_size" in msg
+    assert "model.rope_scaling" in msg and "data.seq_len" in msg
 
 
 def test_bad_configs_raise_config_errors():

@@ -1,0 +1,30 @@
+"""How each family of model directory is scored for perplexity: one entry per family, no branching.
+
+    AR       ExactNLL     exact next-token NLL                     (dlm.eval.perplexity)
+    MASKED   MaskedNELBO  NELBO bound, RADD's k form / the t form   (dlm.eval.perplexity)
+    BLOCK    BlockNELBO   per-block NELBO bound                     (dlm.eval.block_perplexity)
+A new family of models adds a line here and its scorer class beside the others.
+"""
+
+from __future__ import annotations
+
+from dlm.errors import ConfigError
+from dlm.eval.block_perplexity import BlockNELBO
+from dlm.eval.perplexity import ExactNLL, MaskedNELBO, Scorer
+from dlm.io.record import Family
+from dlm.types import Denoiser
+
+SCORERS: dict[Family, type[ExactNLL] | type[MaskedNELBO] | type[BlockNELBO]] = {
+    Family.AR: ExactNLL,
+    Family.MASKED: MaskedNELBO,
+    Family.BLOCK: BlockNELBO,
+}
+
+
+def scorer_for(family: Family, model: Denoiser, **settings) -> Scorer:
+    """The perplexity scorer of a model of ``family``; ``settings``: num_samples, method, schedule, t_min,
+    keep_first_token (Monte Carlo settings, unused by exact scores)."""
+    if family not in SCORERS:
+        raise ConfigError(f"a {family.kind!r} model directory has no perplexity (it does not model text); "
+                          f"evaluate a model of kind {', '.join(repr(f.kind) for f in SCORERS)}")
+    return SCORERS[family].for_model(model, **settings)
