@@ -19,9 +19,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dlm.cache.dkv import DKVCache, DKVPolicy
 from dlm.samplers.canvas import fill_after_eos, init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling
 from dlm.samplers.decodable import MASKED, check_decodable
+from dlm.samplers.dkv_forward import dkv_logits
 from dlm.samplers.reveal import StaticCount
 from dlm.samplers.step import DenoiseStep, Trajectory
 from dlm.types import Denoiser, SampleOutput
@@ -56,7 +58,8 @@ class ConfidenceSampler:
 
     def __init__(self, *, num_steps: int = 64, order: Order = "max_prob", policy=None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
-                 fill_after_eos: bool = False, eos_id: int | None = None, record_trajectory: bool = False) -> None:
+                 fill_after_eos: bool = False, eos_id: int | None = None, record_trajectory: bool = False,
+                 cache: DKVPolicy | None = None) -> None:
         if num_steps < 1:
             raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
         position_confidence(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), order)  # validates order
@@ -67,6 +70,10 @@ class ConfidenceSampler:
         self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
                                               sampling_precision=sampling_precision))
         self.fill_after_eos, self.eos_id, self.record_trajectory = fill_after_eos, eos_id, record_trajectory
+        if cache is not None and cache.variant == "greedy":
+            raise ValueError("sampler.cache.variant=greedy needs a decoding order fixed in advance, which "
+                             "confidence decoding does not have; use variant=decode or prefill")
+        self.cache = cache
 
     def check_model(self, model: Denoiser) -> None:
         check_decodable(self, model, decodes=self.decodes)
@@ -81,6 +88,9 @@ class ConfidenceSampler:
         row_nfe = torch.zeros(batch_size, dtype=torch.long, device=x.device)
         trajectory = Trajectory() if self.record_trajectory else None
         tokens = self.step.tokens
+        dkv = DKVCache(length) if self.cache is not None else None
+        generated = x == model.mask_id
+        decoded = ~generated  # the prompt counts as decoded before step 0 (cached from the first pass)
         nfe = 0
         for step in range(num_steps):
             masked = x == model.mask_id
@@ -89,9 +99,15 @@ class ConfidenceSampler:
                 break
             # a time-free network ignores t; a time-conditioned one sees the current mask ratio
             t = masked.float().mean(-1)
-            logits = self.step.logits(model, x, t, rows=rows)
+            if dkv is None:
+                logits = self.step.logits(model, x, t, rows=rows)
+            else:  # every row runs (the cache holds the whole batch); finished rows cost only padding
+                rows = torch.ones_like(rows)
+                queries = self.cache.queries(masked, ~masked & ~decoded, generated, None)
+                logits, _ = dkv_logits(model, x, t, cache=dkv, policy=self.cache, step=step, queries=queries)
+                decoded = ~masked
             nfe += 1
-            row_nfe[rows] += 1
+            row_nfe[masked.any(-1)] += 1
             m = masked[rows]
             log_p = tokens.log_probs(logits[m], model.mask_id)
             candidate = tokens.draw(logits[m], model.mask_id, generator)
