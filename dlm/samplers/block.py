@@ -83,8 +83,9 @@ class BlockSampler:
     prompt (at least BOS): position 0 has no predecessor.
     """
 
-    # a bidirectional model is decoded block by block when sampler.block_size is given
-    decodes = frozenset({"block_causal", "bidirectional"})
+    # a bidirectional model never saw the block-causal mask these samplers decode with: refused
+    # (decode it with a full-canvas sampler; sampler/cache=dkv_decode for speed)
+    decodes = frozenset({"block_causal"})
     reads_shifted_logits = True
     extends_context = False
 

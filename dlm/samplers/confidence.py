@@ -9,6 +9,11 @@ decoding, the same law as the first-hitting sampler for a time-free network), ``
 (negative entropy of the position's distribution).
 ``fill_after_eos``: once a row commits EOS at i, the masked positions after i become EOS (the
 sequence has ended; no network calls are spent on padding).
+``block_length`` (LLaDA's semi-autoregressive decoding): the canvas is cut into blocks of that many
+positions, decoded left to right, ``num_steps`` split evenly among the blocks that hold masks; every
+call still attends over the whole canvas (a full-canvas model; unlike the block samplers no block
+mask is applied). ``cache``: a ``dlm.cache.dkv.DKVPolicy`` (dKV-Cache; its first step is a full pass,
+per block when blocks are used).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class ConfidenceSampler:
     def __init__(self, *, num_steps: int = 64, order: Order = "max_prob", policy=None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
                  fill_after_eos: bool = False, eos_id: int | None = None, record_trajectory: bool = False,
-                 cache: DKVPolicy | None = None) -> None:
+                 cache: DKVPolicy | None = None, block_length: int | None = None) -> None:
         if num_steps < 1:
             raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
         position_confidence(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), order)  # validates order
@@ -74,6 +79,9 @@ class ConfidenceSampler:
             raise ValueError("sampler.cache.variant=greedy needs a decoding order fixed in advance, which "
                              "confidence decoding does not have; use variant=decode or prefill")
         self.cache = cache
+        if block_length is not None and block_length < 1:
+            raise ValueError(f"sampler.block_length={block_length} must be >= 1 (null: the whole canvas at once)")
+        self.block_length = block_length
 
     def check_model(self, model: Denoiser) -> None:
         check_decodable(self, model, decodes=self.decodes)
@@ -84,51 +92,62 @@ class ConfidenceSampler:
         self.check_model(model)
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
-        num_steps = min(self.num_steps, length)
         row_nfe = torch.zeros(batch_size, dtype=torch.long, device=x.device)
         trajectory = Trajectory() if self.record_trajectory else None
         tokens = self.step.tokens
-        dkv = DKVCache(length) if self.cache is not None else None
         generated = x == model.mask_id
         decoded = ~generated  # the prompt counts as decoded before step 0 (cached from the first pass)
         nfe = 0
-        for step in range(num_steps):
-            masked = x == model.mask_id
-            rows = masked.any(-1)
-            if not rows.any():
-                break
-            # a time-free network ignores t; a time-conditioned one sees the current mask ratio
-            t = masked.float().mean(-1)
-            if dkv is None:
-                logits = self.step.logits(model, x, t, rows=rows)
-            else:  # every row runs (the cache holds the whole batch); finished rows cost only padding
-                rows = torch.ones_like(rows)
-                queries = self.cache.queries(masked, ~masked & ~decoded, generated, None)
-                logits, _ = dkv_logits(model, x, t, cache=dkv, policy=self.cache, step=step, queries=queries)
-                decoded = ~masked
-            nfe += 1
-            row_nfe[masked.any(-1)] += 1
-            m = masked[rows]
-            log_p = tokens.log_probs(logits[m], model.mask_id)
-            candidate = tokens.draw(logits[m], model.mask_id, generator)
-            conf = torch.full(m.shape, float("-inf"), device=x.device)
-            conf[m] = position_confidence(log_p, candidate, self.order, generator).float()
-            commit = self.policy(conf, m, step, num_steps)
-            proposal = torch.full_like(x[rows], model.mask_id)
-            proposal[m] = candidate
-            xr = x[rows]
-            xr[commit] = proposal[commit]
-            x[rows] = xr
-            if trajectory is not None:
-                lp = torch.zeros(m.shape, device=x.device)
-                lp[m] = log_p.gather(-1, candidate[:, None])[:, 0]
-                step_lp = torch.zeros(x.shape, device=x.device)
-                step_lp[rows] = torch.where(commit, lp, torch.zeros_like(lp))
-                trajectory.add(x, step_lp)
-            if self.fill_after_eos:
-                fill_after_eos(x, self.eos_id, model.mask_id)
+        for region, num_steps in self._phases(generated):
+            dkv = DKVCache(length) if self.cache is not None else None  # a fresh cache per block (LLaDA)
+            for step in range(num_steps):
+                masked = x == model.mask_id
+                rows = masked.any(-1)
+                if not (masked & region).any():
+                    break
+                # a time-free network ignores t; a time-conditioned one sees the current mask ratio
+                t = masked.float().mean(-1)
+                if dkv is None:
+                    logits = self.step.logits(model, x, t, rows=rows)
+                else:  # every row runs (the cache holds the whole batch); finished rows cost only padding
+                    rows = torch.ones_like(rows)
+                    queries = self.cache.queries(masked, ~masked & ~decoded, generated, None)
+                    logits, _ = dkv_logits(model, x, t, cache=dkv, policy=self.cache, step=step, queries=queries)
+                    decoded = ~masked
+                nfe += 1
+                row_nfe[masked.any(-1)] += 1
+                m = (masked & region)[rows]
+                log_p = tokens.log_probs(logits[m], model.mask_id)
+                candidate = tokens.draw(logits[m], model.mask_id, generator)
+                conf = torch.full(m.shape, float("-inf"), device=x.device)
+                conf[m] = position_confidence(log_p, candidate, self.order, generator).float()
+                commit = self.policy(conf, m, step, num_steps)
+                proposal = torch.full_like(x[rows], model.mask_id)
+                proposal[m] = candidate
+                xr = x[rows]
+                xr[commit] = proposal[commit]
+                x[rows] = xr
+                if trajectory is not None:
+                    lp = torch.zeros(m.shape, device=x.device)
+                    lp[m] = log_p.gather(-1, candidate[:, None])[:, 0]
+                    step_lp = torch.zeros(x.shape, device=x.device)
+                    step_lp[rows] = torch.where(commit, lp, torch.zeros_like(lp))
+                    trajectory.add(x, step_lp)
+                if self.fill_after_eos:
+                    fill_after_eos(x, self.eos_id, model.mask_id)
         info = {"row_nfe": row_nfe}
         if trajectory is not None:
             info["step_log_probs"] = trajectory.log_probs
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
                             trajectory=None if trajectory is None else trajectory.canvases, info=info)
+
+    def _phases(self, generated: Tensor) -> list[tuple[Tensor, int]]:
+        """(region (1, L) bool, steps) to decode in order: the whole canvas with ``num_steps`` (capped at
+        the length), or each block holding generated positions with an even share of them."""
+        length = generated.shape[1]
+        if self.block_length is None:
+            return [(torch.ones(1, length, dtype=torch.bool, device=generated.device), min(self.num_steps, length))]
+        block = torch.arange(length, device=generated.device) // self.block_length
+        todo = sorted(set(block[generated.any(0)].tolist()))
+        steps = max(1, -(-self.num_steps // max(1, len(todo))))
+        return [((block == j)[None], min(steps, self.block_length)) for j in todo]

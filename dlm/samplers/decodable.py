@@ -13,7 +13,8 @@ from dlm.types import DENOISER_ATTRIBUTES, Attention, Denoiser
 
 # the samplers that do decode each kind of model, for the refusal message
 SUGGESTION: dict[Attention, str] = {
-    "bidirectional": "a masked-diffusion sampler (sampler=first_hitting / ancestral_cached / confidence / ...)",
+    "bidirectional": "a masked-diffusion sampler (sampler=first_hitting / ancestral_cached / confidence / ...; "
+                     "sampler/cache=dkv_decode caches its keys and values)",
     "causal": "sampler=autoregressive",
     "block_causal": "a block sampler (sampler=block_static / block_threshold / ...)",
 }

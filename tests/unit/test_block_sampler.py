@@ -261,9 +261,12 @@ def test_block_size_policy_records_decisions_and_costs_probes():
 
 
 def test_validation_names_the_key():
-    bidir = RandomDenoiser(8, 5, 4)
+    bidir = RandomDenoiser(8, 5, 4)  # a bidirectional model never saw the block-causal mask
+    with pytest.raises(ConfigError, match="attention='bidirectional'.*masked-diffusion sampler"):
+        BlockSampler(block_size=4)(bidir, batch_size=1, length=8)
+    no_block = CachedContext(RandomDenoiser(8, 5, 4), block_size=None)
     with pytest.raises(ConfigError, match="sampler.block_size"):
-        BlockSampler()(bidir, batch_size=1, length=8)
+        BlockSampler()(no_block, batch_size=1, length=8)
     model = tiny()
     with pytest.raises(ConfigError, match="prompt length 9 exceeds length=8"):
         BlockSampler()(model, batch_size=1, length=8, prompt=torch.zeros(9, dtype=torch.long))

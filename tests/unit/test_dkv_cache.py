@@ -138,3 +138,18 @@ def test_masked_neighbours_window():
     masked = torch.tensor([[True, True, False, True, True, False]])
     assert masked_neighbours(seeds, masked, 2).tolist() == [[True, True, False, True, True, False]]
     assert masked_neighbours(seeds, masked, 1).tolist() == [[False, True, False, True, False, False]]
+
+
+@pytest.mark.parametrize("cache", [None, DKVPolicy(variant="decode", refresh=2)])
+def test_semi_autoregressive_blocks_finish_left_to_right(cache):
+    s = ConfidenceSampler(num_steps=16, order="max_prob", temperature=1.0, cache=cache, block_length=6,
+                          record_trajectory=True)
+    out = s(tiny(5), batch_size=3, length=L, prompt=torch.arange(1, 4), generator=gen(0))
+    assert not (out.tokens == MASK).any()
+    block = torch.arange(L) // 6
+    for canvas in out.trajectory:  # a later block is touched only once every earlier block is complete
+        decoded = canvas != MASK
+        for j in range(1, 4):
+            if decoded[:, (block == j) & (torch.arange(L) >= 3)].any():
+                assert decoded[:, block < j].all()
+    assert out.nfe == 3 + 4 * 3  # 4 steps per block; the first holds only 3 masks (the prompt fills the rest)

@@ -172,6 +172,10 @@ def test_samplers_refuse_models_they_cannot_decode():
     shifted.shift_logits = True
     with pytest.raises(ConfigError, match="shift_logits.*block sampler"):
         FirstHittingSampler()(shifted, batch_size=1, length=4)
+    from dlm.samplers.block import BlockSampler
+
+    with pytest.raises(ConfigError, match="attention='bidirectional'.*masked-diffusion sampler.*dkv_decode"):
+        BlockSampler(block_size=2)(RandomDenoiser(L, V, MASK), batch_size=1, length=4)
     undeclared = torch.nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="denoiser contract"):
         FirstHittingSampler()(undeclared, batch_size=1, length=4)
