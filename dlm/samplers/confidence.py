@@ -6,7 +6,9 @@ masked position (``TokenSampling``; temperature 0 = greedy), scores each positio
 Scores (``order``): ``random`` (uniform: with one token per step this is random-order AO-ARM
 decoding, the same law as the first-hitting sampler for a time-free network), ``max_prob``
 (probability of the candidate), ``margin`` (top-1 minus top-2 probability), ``entropy``
-(negative entropy of the position's distribution).
+(negative entropy of the position's distribution), ``fixed_random`` (a uniformly random order drawn
+once per call: the same law as ``random``, and the positions each step commits are known before the
+network call, which dKV-Cache's ``greedy`` variant needs).
 ``fill_after_eos``: once a row commits EOS at i, the masked positions after i become EOS (the
 sequence has ended; no network calls are spent on padding).
 ``block_length`` (LLaDA's semi-autoregressive decoding): the canvas is cut into blocks of that many
@@ -33,12 +35,12 @@ from dlm.samplers.reveal import StaticCount
 from dlm.samplers.step import DenoiseStep, Trajectory
 from dlm.types import Denoiser, SampleOutput
 
-Order = Literal["random", "max_prob", "margin", "entropy"]
+Order = Literal["random", "fixed_random", "max_prob", "margin", "entropy"]
 
 
 def position_confidence(log_p: Tensor, candidate: Tensor, order: Order, generator=None) -> Tensor:
     """Confidence of each position from its log-probs (N, V) and candidate ids (N,) -> (N,)."""
-    if order == "random":
+    if order in ("random", "fixed_random"):  # fixed_random: the sampler replaces these by its per-call scores
         return torch.rand(candidate.shape, device=log_p.device, generator=generator)
     p = log_p.exp()
     if order == "max_prob":
@@ -48,7 +50,7 @@ def position_confidence(log_p: Tensor, candidate: Tensor, order: Order, generato
         return top2[:, 0] - top2[:, 1]
     if order == "entropy":
         return (p * log_p.clamp(min=-1e30)).nan_to_num().sum(-1)
-    raise ValueError(f"sampler.order={order!r}; valid: random, max_prob, margin, entropy")
+    raise ValueError(f"sampler.order={order!r}; valid: random, fixed_random, max_prob, margin, entropy")
 
 
 class ConfidenceSampler:
@@ -75,9 +77,9 @@ class ConfidenceSampler:
         self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
                                               sampling_precision=sampling_precision))
         self.fill_after_eos, self.eos_id, self.record_trajectory = fill_after_eos, eos_id, record_trajectory
-        if cache is not None and cache.variant == "greedy":
-            raise ValueError("sampler.cache.variant=greedy needs a decoding order fixed in advance, which "
-                             "confidence decoding does not have; use variant=decode or prefill")
+        if cache is not None and cache.variant == "greedy" and order != "fixed_random":
+            raise ValueError("sampler.cache.variant=greedy needs a decoding order fixed in advance: set "
+                             f"sampler.order=fixed_random (got {order!r}), or use variant=decode / prefill")
         self.cache = cache
         if block_length is not None and block_length < 1:
             raise ValueError(f"sampler.block_length={block_length} must be >= 1 (null: the whole canvas at once)")
@@ -97,6 +99,9 @@ class ConfidenceSampler:
         tokens = self.step.tokens
         generated = x == model.mask_id
         decoded = ~generated  # the prompt counts as decoded before step 0 (cached from the first pass)
+        # fixed_random: one order per call, so each step's commits are known before its network call
+        order_scores = torch.rand(x.shape, device=x.device, generator=generator) if self.order == "fixed_random" \
+            else None
         nfe = 0
         for region, num_steps in self._phases(generated):
             dkv = DKVCache(length) if self.cache is not None else None  # a fresh cache per block (LLaDA)
@@ -107,11 +112,15 @@ class ConfidenceSampler:
                     break
                 # a time-free network ignores t; a time-conditioned one sees the current mask ratio
                 t = masked.float().mean(-1)
+                upcoming = None
+                if order_scores is not None:
+                    upcoming = self.policy(order_scores.masked_fill(~(masked & region), float("-inf")),
+                                           masked & region, step, num_steps)
                 if dkv is None:
                     logits = self.step.logits(model, x, t, rows=rows)
                 else:  # every row runs (the cache holds the whole batch); finished rows cost only padding
                     rows = torch.ones_like(rows)
-                    queries = self.cache.queries(masked, ~masked & ~decoded, generated, None)
+                    queries = self.cache.queries(masked, ~masked & ~decoded, generated, upcoming)
                     logits, _ = dkv_logits(model, x, t, cache=dkv, policy=self.cache, step=step, queries=queries)
                     decoded = ~masked
                 nfe += 1
@@ -119,9 +128,12 @@ class ConfidenceSampler:
                 m = (masked & region)[rows]
                 log_p = tokens.log_probs(logits[m], model.mask_id)
                 candidate = tokens.draw(logits[m], model.mask_id, generator)
-                conf = torch.full(m.shape, float("-inf"), device=x.device)
-                conf[m] = position_confidence(log_p, candidate, self.order, generator).float()
-                commit = self.policy(conf, m, step, num_steps)
+                if upcoming is None:
+                    conf = torch.full(m.shape, float("-inf"), device=x.device)
+                    conf[m] = position_confidence(log_p, candidate, self.order, generator).float()
+                    commit = self.policy(conf, m, step, num_steps)
+                else:
+                    commit = upcoming[rows]
                 proposal = torch.full_like(x[rows], model.mask_id)
                 proposal[m] = candidate
                 xr = x[rows]

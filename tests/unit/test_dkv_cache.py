@@ -127,7 +127,7 @@ def test_bad_settings_are_refused():
         DKVPolicy(refresh=0)
     with pytest.raises(ConfigError, match="window=-1"):
         DKVPolicy(variant="greedy", window=-1)
-    with pytest.raises(ValueError, match="greedy needs a decoding order fixed in advance"):
+    with pytest.raises(ValueError, match="greedy needs a decoding order fixed in advance.*fixed_random"):
         ConfidenceSampler(cache=DKVPolicy(variant="greedy"))
     with pytest.raises(ConfigError, match="variant='lazy'"):
         DKVPolicy(variant="lazy")
@@ -153,3 +153,22 @@ def test_semi_autoregressive_blocks_finish_left_to_right(cache):
             if decoded[:, (block == j) & (torch.arange(L) >= 3)].any():
                 assert decoded[:, block < j].all()
     assert out.nfe == 3 + 4 * 3  # 4 steps per block; the first holds only 3 masks (the prompt fills the rest)
+
+
+def test_greedy_cache_with_a_fixed_order():
+    kw = dict(order="fixed_random", temperature=1.0, steps=L)
+    base = sample(None, **kw)
+    assert torch.equal(sample(DKVPolicy(variant="greedy", refresh=1), **kw).tokens, base.tokens)
+    greedy = sample(DKVPolicy(variant="greedy", refresh=2, window=4), **kw)
+    assert not (greedy.tokens == MASK).any() and greedy.nfe == base.nfe
+    assert (greedy.tokens == base.tokens).float().mean() > 0.7
+
+
+def test_fixed_random_order_has_the_exact_law():
+    from mocks import ExactDenoiser
+    from test_samplers_law import N, correlated_joint, empirical_tv
+
+    joint = correlated_joint()
+    out = ConfidenceSampler(num_steps=3, order="fixed_random", temperature=1.0)(
+        ExactDenoiser(joint), batch_size=N, length=3, generator=gen(0))
+    assert empirical_tv(out.tokens, joint) < 0.03
