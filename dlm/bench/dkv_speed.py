@@ -1,7 +1,7 @@
 """dlm-bench dkv: confidence decoding with and without a dKV cache, in one run (ratios, agreement).
 
 A random-init bidirectional backbone decodes a canvas whose first half is a prompt, one token per
-step (generation length = steps), at each (length, batch) of ``grid``. Every cache setting runs with
+step in a fixed random order (generation length = steps), at each (length, batch) of ``grid``. Every cache setting runs with
 the same generator as the uncached baseline, so ``agreement`` is the fraction of generated tokens
 equal to the baseline's. Timings are the median of ``rounds`` interleaved rounds. Optional quality:
 with ``quality.model_dir`` (a trained masked-diffusion directory) and ``quality.judge`` (an AR model
@@ -25,7 +25,9 @@ from dlm.samplers.confidence import ConfidenceSampler
 
 
 def _run(net, cache, *, length: int, batch_size: int, seed: int, prompt: torch.Tensor):
-    sampler = ConfidenceSampler(num_steps=length - prompt.shape[-1], order="max_prob", temperature=1.0,
+    # one fixed random order for every setting: the greedy variant needs it, and the others then
+    # decode the same positions at the same steps as the baseline
+    sampler = ConfidenceSampler(num_steps=length - prompt.shape[-1], order="fixed_random", temperature=1.0,
                                 cache=None if cache is None else build(cache))
     start = time.perf_counter()
     out = sampler(net, batch_size=batch_size, length=length, prompt=prompt, generator=torch.Generator().manual_seed(seed))
