@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test test-unit bench block-recipe bench-block lint clean
 
-$(BIN)/.dlm-installed: pyproject.toml
+$(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

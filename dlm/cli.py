@@ -1,20 +1,119 @@
 """Console entry points: thin Hydra wrappers around dlm.train.run and dlm.eval.
 
-Configs live in the repository's ``conf/`` (or ``$DLM_CONF_DIR``). Every command takes Hydra
-overrides (``key=value``) and prints one JSON object as its last stdout line.
+Configs are found in ``$DLM_CONF_DIR``, else in the installed package (``dlm/conf``, shipped in the
+wheel), else in the repository's ``conf/``. Every command takes Hydra overrides (``key=value``) and
+prints one JSON object as its last stdout line.
+
+The console contract (``command``): an input dlm refuses (any ``DlmError``: ConfigError,
+CheckpointError, OfflineError, ...) and a config Hydra cannot compose (unknown option, misspelled
+key) print one line on stderr, ``<command>: error: <message>``, and exit with status 2, without a
+traceback; ``DLM_DEBUG=1`` shows the traceback instead. ``--version`` prints dlm's version.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = str(Path(os.environ.get("DLM_CONF_DIR", Path(__file__).resolve().parents[1] / "conf")).resolve())
+from dlm import __version__
+from dlm.errors import DlmError
+
+
+def conf_dir() -> Path:
+    """$DLM_CONF_DIR, else the configs inside the installed package (a wheel), else the repository's conf/."""
+    if os.environ.get("DLM_CONF_DIR"):
+        return Path(os.environ["DLM_CONF_DIR"]).resolve()
+    packaged = Path(__file__).resolve().parent / "conf"  # written there by setup.py's build step
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF_DIR = str(conf_dir())
+REFUSED = 2  # exit status of a refused input (1 stays for crashes)
+
+
+def one_line(error: BaseException) -> str:
+    """A refusal's message on one line: Hydra's multi-line reports joined, option lists comma-separated."""
+    if isinstance(error.__cause__, DlmError):  # a dlm refusal raised inside a constructor Hydra called
+        return one_line(error.__cause__)
+    text = str(error).split("Config search path:")[0]  # Hydra appends its search path to a missing option
+    out, listing = "", False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if listing and raw[:1].isspace():  # an indented item under "Available options in 'x':"
+            out += (" " if out.endswith(":") else ", ") + line
+            continue
+        listing = line.endswith(":")
+        out += ("" if not out else " " if out[-1] in ".!?:" else ". ") + line
+    cause = str(error.__cause__ or "").strip()
+    if cause and cause.splitlines()[0] not in out:  # OmegaConf's reason, e.g. "Key 'x' is not in struct"
+        out += f" ({cause.splitlines()[0]})"
+    return out
+
+
+@contextmanager
+def refusals_reported() -> Iterator[None]:
+    """A refused input (DlmError) or a config Hydra cannot compose or instantiate: one line on stderr and
+    exit 2. ``DLM_DEBUG=1`` re-raises instead (full traceback); any other error propagates unchanged."""
+    try:
+        yield
+    except (DlmError, HydraException, OmegaConfBaseException) as e:
+        if os.environ.get("DLM_DEBUG", "") not in ("", "0"):
+            raise
+        sys.stdout.flush()
+        print(f"{Path(sys.argv[0]).name or 'dlm'}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(REFUSED)
+
+
+@contextmanager
+def hydra_errors_raised() -> Iterator[None]:
+    """Hydra prints a multi-line report of a composition error (and a HYDRA_FULL_ERROR hint) unless
+    HYDRA_FULL_ERROR is set, in which case it raises the error for ``refusals_reported`` to shorten."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def command(config_name: str, config_path: str = CONF_DIR) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+    """``hydra.main`` with dlm's console contract: ``--version`` and one-line refusals."""
+
+    def wrap(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+        @functools.wraps(task)
+        def reported_task(cfg: DictConfig) -> None:
+            # caught inside the task: an exception leaving it makes Hydra print "Error executing job ..."
+            with refusals_reported():
+                task(cfg)
+
+        hydra_main = hydra.main(config_path=config_path, config_name=config_name, version_base="1.3")(reported_task)
+
+        @functools.wraps(task)
+        def main() -> None:
+            if "--version" in sys.argv[1:]:  # Hydra's own --version would print Hydra's
+                print(f"dlm {__version__}")
+                return
+            with refusals_reported(), hydra_errors_raised():  # composition errors, before the task runs
+                hydra_main()
+
+        return main
+
+    return wrap
 
 
 def _print_json(obj: dict) -> None:
@@ -22,7 +121,7 @@ def _print_json(obj: dict) -> None:
     print(json.dumps(obj, sort_keys=True), flush=True)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@command("train")
 def train(cfg: DictConfig) -> None:
     """dlm-train experiment=<name> key=value ..."""
     from dlm.train.run import run
@@ -46,7 +145,7 @@ def data_settings(data: str, conf_dir: Path = Path(CONF_DIR)) -> dict:
                       "local .txt/.jsonl file")
 
 
-@hydra.main(config_path=CONF_DIR + "/eval", config_name="eval_ppl", version_base="1.3")
+@command("eval_ppl", CONF_DIR + "/eval")
 def eval_ppl(cfg: DictConfig) -> None:
     """dlm-eval-ppl model=<model dir> data=<conf/data name or local .txt/.jsonl>"""
     from dlm.eval.model_dir import eval_ppl_model_dir
@@ -62,7 +161,7 @@ def eval_ppl(cfg: DictConfig) -> None:
     ))
 
 
-@hydra.main(config_path=CONF_DIR + "/eval", config_name="sample", version_base="1.3")
+@command("sample", CONF_DIR + "/eval")
 def sample(cfg: DictConfig) -> None:
     """dlm-sample model=<dir> sampler=<name> num_samples=<n> length=<L> out=<file.jsonl>"""
     from hydra.utils import instantiate
@@ -79,7 +178,7 @@ def sample(cfg: DictConfig) -> None:
                                 out=cfg.out))
 
 
-@hydra.main(config_path=CONF_DIR + "/eval", config_name="eval_gen", version_base="1.3")
+@command("eval_gen", CONF_DIR + "/eval")
 def eval_gen(cfg: DictConfig) -> None:
     """dlm-eval-gen samples=<file.jsonl> judge=<dlm AR model dir or HF causal-LM dir>"""
     from dlm.eval.gen_job import eval_gen_file
@@ -88,17 +187,17 @@ def eval_gen(cfg: DictConfig) -> None:
                               device=cfg.device, out=cfg.out))
 
 
-@hydra.main(config_path=CONF_DIR + "/eval", config_name="convert", version_base="1.3")
+@command("convert", CONF_DIR + "/eval")
 def convert(cfg: DictConfig) -> None:
     """dlm-convert src=<HF causal-LM dir or dlm model dir> dst=<dir> [attention=block_causal block_size=4]"""
     from dlm.io.hf_dir import convert as run_convert
 
     _print_json(run_convert(str(cfg.src), str(cfg.dst), direction=cfg.direction, attention=cfg.attention,
                             block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type,
-                            mask_token=cfg.mask_token))
+                            mask_token=cfg.mask_token, overwrite=bool(cfg.overwrite)))
 
 
-@hydra.main(config_path=CONF_DIR, config_name="demo", version_base="1.3")
+@command("demo")
 def demo(cfg: DictConfig) -> None:
     """dlm-demo: RADD vs AR on the embedded corpus, both evaluated and sampled."""
     from dlm.train.demo import run_demo
@@ -106,7 +205,7 @@ def demo(cfg: DictConfig) -> None:
     _print_json(run_demo(cfg, conf_dir=Path(CONF_DIR)))
 
 
-@hydra.main(config_path=CONF_DIR, config_name="bench", version_base="1.3")
+@command("bench")
 def _bench(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
@@ -132,7 +231,7 @@ def _task_override(arg: str) -> str:
     return f"{prefix}task.{arg[len(prefix):]}"
 
 
-@hydra.main(config_path=CONF_DIR + "/eval", config_name="train_policy", version_base="1.3")
+@command("train_policy", CONF_DIR + "/eval")
 def train_policy(cfg: DictConfig) -> None:
     """dlm-train-policy model=<block model dir> reward_model=<AR model dir> policy.sizes=[2,4,8]"""
     from hydra.utils import instantiate
@@ -147,3 +246,41 @@ def train_policy(cfg: DictConfig) -> None:
         baseline_momentum=cfg.baseline_momentum, eval_rollouts=cfg.eval_rollouts, seed=cfg.seed, device=cfg.device,
         out=cfg.out,
     ))
+
+
+COMMANDS: dict[str, Callable[[], None]] = {
+    "train": train, "eval-ppl": eval_ppl, "sample": sample, "eval-gen": eval_gen, "convert": convert,
+    "demo": demo, "bench": bench, "train-policy": train_policy,
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"dlm {__version__}: discrete diffusion language models", "",
+             "usage: dlm <command> key=value ...   (each command is also installed as dlm-<command>)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in COMMANDS.items()]
+    lines += ["", "dlm --version prints the version; DLM_DEBUG=1 shows tracebacks of refused inputs."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """dlm <command> key=value ...: every dlm-<command> under one name; no command lists them."""
+    args = sys.argv[1:]
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"dlm {__version__}")
+        return
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if args[0] not in COMMANDS:
+        print(f"dlm: error: unknown command {args[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(REFUSED)
+    # Run the installed dlm-<command> script itself when there is one: Lightning's multi-process
+    # launchers (trainer=ddp on one machine) start each rank by re-running sys.argv, which must name it.
+    for folder in (Path(sys.argv[0]).parent, Path(sys.executable).parent):
+        script = folder / f"dlm-{args[0]}"
+        if script.is_file() and os.access(script, os.X_OK):
+            os.execv(script, [str(script), *args[1:]])
+    sys.argv = [f"dlm-{args[0]}", *args[1:]]
+    COMMANDS[args[0]]()

@@ -2,7 +2,9 @@
 
 ``load_documents(source, split)`` validates eagerly (unknown names, bad splits and missing files
 fail at the call, before any compute) and returns a lazy iterable of strings, one per document,
-so a corpus larger than memory streams through the token-cache builder.
+so a corpus larger than memory streams through the token-cache builder. Messages name the options
+of the command in use (``SourceKeys``): dlm-train's ``data.source`` / ``data.text_field``,
+dlm-eval-ppl's ``data=``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,31 @@ class HFDataset:
     char_range: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     chunk_chars: int | None = None
 
+
+@dataclass(frozen=True)
+class SourceKeys:
+    """How the command in use spells its data options, so a message's fix is one the command accepts.
+
+    ``source``: the key taking a corpus name or a local file; ``text_field``: the key naming a .jsonl
+    file's text field (None: the command has none and reads the field "text").
+    """
+
+    source: str
+    text_field: str | None
+
+    def text_field_fix(self) -> str:
+        return (f"set {self.text_field} to the field holding the text" if self.text_field
+                else f"{self.source}= reads the field \"text\" of a .jsonl file: put the text there")
+
+    def local_files_fix(self) -> str:
+        jsonl = (f"{self.source}=/path/to/file.jsonl with {self.text_field}=<field>" if self.text_field
+                 else f"{self.source}=/path/to/file.jsonl (text in the field \"text\")")
+        return (f"Use local files instead: {self.source}=/path/to/file.txt (documents separated by two empty "
+                f"lines, or one per line) or {jsonl}.")
+
+
+TRAIN_KEYS = SourceKeys(source="data.source", text_field="data.text_field")  # dlm-train's data config
+EVAL_PPL_KEYS = SourceKeys(source="data", text_field=None)  # dlm-eval-ppl data=<name or local file>
 
 _SAME = {s: s for s in SPLITS}
 HF_DATASETS: dict[str, HFDataset] = {
@@ -79,7 +106,8 @@ HF_DATASETS: dict[str, HFDataset] = {
 
 
 def load_documents(
-    source: str, split: str, *, text_field: str | None = None, streaming: bool = False
+    source: str, split: str, *, text_field: str | None = None, streaming: bool = False,
+    keys: SourceKeys = TRAIN_KEYS,
 ) -> Iterable[str]:
     """Documents of ``split`` from ``source``.
 
@@ -94,19 +122,20 @@ def load_documents(
       A local file *is* the split you ask for (no carving): pass one file per split.
     - a name in ``HF_DATASETS`` (openwebtext, wikitext2, wikitext103, lm1b, text8, ptb, lambada),
       loaded with ``datasets.load_dataset(..., streaming=streaming)``.
+    ``keys``: the option names of the calling command, used in error messages.
     """
     if source == PYDOC:
         _check_split(source, split, SPLITS)
-        return _pydoc_documents(split)
+        return _pydoc_documents(split, keys)
     path = Path(source).expanduser()
     if path.suffix in LOCAL_SUFFIXES:
-        return _local_documents(path, text_field)
+        return _local_documents(path, text_field, keys)
     if source in HF_DATASETS:
-        return _hub_documents(source, HF_DATASETS[source], split, text_field, streaming)
+        return _hub_documents(source, HF_DATASETS[source], split, text_field, streaming, keys)
     if path.exists():
-        return _local_documents(path, text_field)  # names the supported suffixes
+        return _local_documents(path, text_field, keys)  # names the supported suffixes
     raise ConfigError(
-        f"data.source={source!r} is not a known corpus; valid names: "
+        f"{keys.source}={source!r} is not a known corpus; valid names: "
         f"{', '.join([PYDOC, *HF_DATASETS])}; a local .txt or .jsonl path also works"
     )
 
@@ -133,28 +162,28 @@ def _check_split(source: str, split: str, valid: Iterable[str]) -> None:
         raise ConfigError(f"{source} has no split {split!r}; valid splits: {', '.join(valid)}")
 
 
-def _pydoc_documents(split: str) -> Iterator[str]:
+def _pydoc_documents(split: str, keys: SourceKeys) -> Iterator[str]:
     try:
         from pydoc_data.topics import topics
     except ImportError as err:  # some distro Pythons strip it; say what to use instead
         raise ConfigError(
-            "this Python has no pydoc_data module, so data.source=pydoc is unavailable; "
-            "use a local file instead: data.source=/path/to/file.txt"
+            f"this Python has no pydoc_data module, so {keys.source}=pydoc is unavailable; "
+            f"use a local file instead: {keys.source}=/path/to/file.txt"
         ) from err
     keys = sorted(topics)
     heldout = split != "train"
     return iter([topics[k] for i, k in enumerate(keys) if (i % PYDOC_HELDOUT_EVERY == 0) == heldout])
 
 
-def _local_documents(path: Path, text_field: str | None) -> Iterator[str]:
+def _local_documents(path: Path, text_field: str | None, keys: SourceKeys) -> Iterator[str]:
     if path.suffix not in LOCAL_SUFFIXES:
         raise ConfigError(
-            f"data.source={path} has suffix {path.suffix!r}; local files must be .txt or .jsonl"
+            f"{keys.source}={path} has suffix {path.suffix!r}; local files must be .txt or .jsonl"
         )
     if not path.is_file():
-        raise ConfigError(f"data.source={path} does not exist; give an existing .txt or .jsonl file")
+        raise ConfigError(f"{keys.source}={path} does not exist; give an existing .txt or .jsonl file")
     if path.suffix == ".jsonl":
-        return _jsonl_documents(path, text_field or "text")
+        return _jsonl_documents(path, text_field or "text", keys)
     return _txt_documents(path, by_blank_pairs=_contains(path, "\n\n\n"))
 
 
@@ -192,7 +221,7 @@ def _txt_documents(path: Path, *, by_blank_pairs: bool) -> Iterator[str]:
             yield doc
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+def _jsonl_documents(path: Path, text_field: str, keys: SourceKeys) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -207,7 +236,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 fields = sorted(row) if isinstance(row, dict) else type(row).__name__
                 raise ConfigError(
                     f"{path}:{line_no} has no string field {text_field!r} (fields: {fields}); "
-                    "set data.text_field to the field holding the text"
+                    f"{keys.text_field_fix()}"
                 )
             yield row[text_field]
 
@@ -216,7 +245,7 @@ _SLICE = re.compile(r"^(\w+)\[(-?\d*):(-?\d*)\]$")
 
 
 def _hub_documents(
-    source: str, spec: HFDataset, split: str, text_field: str | None, streaming: bool
+    source: str, spec: HFDataset, split: str, text_field: str | None, streaming: bool, keys: SourceKeys
 ) -> Iterator[str]:
     _check_split(source, split, spec.splits)
     import datasets  # ~1 s to import: only when a hub corpus is asked for
@@ -238,8 +267,7 @@ def _hub_documents(
         raise OfflineError(
             f"could not load dataset {source!r} ({spec.path}, split {expr!r}) from the Hugging Face hub: the hub is "
             f"unreachable (offline?) or no longer serves it, and it is not in the local HF cache ({err}). "
-            "Use local files instead: data.source=/path/to/file.txt (documents separated by two empty lines, "
-            "or one per line) or data.source=/path/to/file.jsonl with data.text_field=<field>. "
+            f"{keys.local_files_fix()} "
             "HF_HUB_OFFLINE=1 uses the HF cache only, without network retries."
         ) from err
     column = text_field or spec.text_column

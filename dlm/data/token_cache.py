@@ -269,10 +269,29 @@ def _encode_stream(
     documents: Iterable[str], tokenizer: Tokenizer, detokenizer: Callable[[str], str] | None
 ) -> Iterator[list[int]]:
     docs = iter(documents)
+    done = 0  # documents encoded so far
     while batch := list(itertools.islice(docs, _ENCODE_BATCH)):
         if detokenizer is not None:
             batch = [detokenizer(d) for d in batch]
-        yield from tokenizer.encode_batch(batch)
+        try:
+            encoded = tokenizer.encode_batch(batch)
+        except ConfigError as err:
+            # a strict alphabet (DNA, protein) names the character and its position in the text;
+            # add which document of the corpus holds it
+            raise ConfigError(f"document {done + _first_refused(batch, tokenizer) + 1} of the corpus (counting "
+                              f"from 1, in file order): {err}") from err
+        done += len(batch)
+        yield from encoded
+
+
+def _first_refused(batch: list[str], tokenizer: Tokenizer) -> int:
+    """Index in ``batch`` of the first document ``tokenizer`` refuses (only called after a refusal)."""
+    for i, doc in enumerate(batch):
+        try:
+            tokenizer.encode(doc)
+        except ConfigError:
+            return i
+    return 0
 
 
 class _NpyRowWriter:

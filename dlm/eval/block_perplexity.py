@@ -22,6 +22,7 @@ from dlm.diffusion.forward import mask_tokens
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.eval.perplexity import PerSequence
 from dlm.eval.strata import Method, stratified_uniforms
+from dlm.io.record import ArSoftmax
 from dlm.nn.block_mask import segment_ids
 from dlm.objectives.block import block_denoise_nll, block_layout, block_targets
 from dlm.types import Denoiser, NoiseSchedule
@@ -92,6 +93,8 @@ class BlockNELBO:
     """Block-diffusion models: the per-block NELBO bound (module docstring) with the model's own diffusion
     block ``block_size`` and logit reading ``shift_logits``; ``num_samples`` stratified draws per block."""
 
+    stochastic = True
+
     def __init__(self, *, block_size: int, shift_logits: bool = False, num_samples: int = 32, method: Method = "mc",
                  schedule: NoiseSchedule | None = None, t_min: float = 1e-3, keep_first_token: bool = True) -> None:
         self.block_size, self.shift_logits = block_size, shift_logits
@@ -100,8 +103,9 @@ class BlockNELBO:
         self.desc = f"eval ppl (block {block_size})"
 
     @classmethod
-    def for_model(cls, model: Denoiser, **settings) -> BlockNELBO:
-        """Scores ``model`` as trained: its declared ``block_size`` and ``shift_logits``."""
+    def for_model(cls, model: Denoiser, *, ar_softmax: ArSoftmax | None = None, **settings) -> BlockNELBO:
+        """Scores ``model`` as trained: its declared ``block_size`` and ``shift_logits`` (``ar_softmax``
+        describes AR models only)."""
         return cls(block_size=model.block_size, shift_logits=model.shift_logits, **settings)
 
     def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],

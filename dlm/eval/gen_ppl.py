@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dlm.errors import CheckpointError, ConfigError
+from dlm.errors import CheckpointError, ConfigError, NonFiniteError
+from dlm.io.record import ArSoftmax
 
 
 class Judge(Protocol):
@@ -51,14 +52,15 @@ class Judge(Protocol):
 
 
 class DlmJudge:
-    """A dlm AR model directory as judge. The [MASK] column is removed before normalising, as in
-    ``dlm.objectives.ar.next_token_nll``: an AR model never emits it, and its untrained logit
-    would otherwise take probability mass from every real token."""
+    """A dlm AR model directory as judge, normalised as its distribution is defined (``ar_softmax``, the
+    directory's record; ``dlm.objectives.ar.next_token_nll``): "without_mask" removes the [MASK] column
+    before normalising, as dlm's AR objective trains (the model never emits it, and its untrained logit
+    would otherwise take mass from every real token); "full" keeps every row (a converted HF model)."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, name: str) -> None:
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, ar_softmax: ArSoftmax) -> None:
         if model.attention != "causal":
             raise ConfigError(f"judge={name} has model.attention={model.attention!r}; a judge must be causal")
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.model, self.tokenizer, self.name, self.ar_softmax = model, tokenizer, name, ar_softmax
         self.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         self.eos_id = tokenizer.eos_id
         self.max_len = model.max_seq_len
@@ -69,6 +71,8 @@ class DlmJudge:
 
     def logits(self, ids: Tensor) -> Tensor:
         logits = self.model(ids, None).float()
+        if self.ar_softmax == "full":
+            return logits
         return logits.index_fill(-1, torch.tensor([self.model.mask_id], device=logits.device), float("-inf"))
 
 
@@ -119,7 +123,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
                 "an autoregressive judge: a dlm model directory of kind 'ar' or a Hugging Face causal-LM "
                 "directory (config.json), e.g. a local copy of gpt2-large"
             )
-        return DlmJudge(loaded.model, loaded.tokenizer, name=str(path))
+        return DlmJudge(loaded.model, loaded.tokenizer, name=str(path), ar_softmax=loaded.record.ar_softmax)
     if (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,7 +204,11 @@ def generative_perplexity_of_ids(id_lists: Sequence[Sequence[int]], judge: Judge
         log_p = F.log_softmax(judge.logits(x)[:, :-1].float(), dim=-1)
         nll = -log_p.gather(-1, x[:, 1:, None]).squeeze(-1).double()
         # where, not multiply: a pad target may sit on a -inf column (inf * 0 = nan)
-        nll_sum += torch.where(w > 0, w * nll, torch.zeros_like(nll)).sum().item()
+        batch_nll = torch.where(w > 0, w * nll, torch.zeros_like(nll)).sum().item()
+        if not math.isfinite(batch_nll):
+            raise NonFiniteError(f"judge {judge.name} gives a non-finite NLL ({batch_nll}) to {len(chunk)} of the "
+                                 "texts: its logits hold NaN/inf; nothing was written")
+        nll_sum += batch_nll
         weight_sum += w.sum().item()
     if weight_sum == 0:
         raise ValueError("no token to score: every text is empty after tokenisation by the judge")

@@ -1,16 +1,23 @@
-"""Perplexity of an exported model directory on one split of a corpus (what dlm-eval-ppl runs)."""
+"""Perplexity of an exported model directory on one split of a corpus (what dlm-eval-ppl runs).
+
+Every setting is checked before the model spends compute; the result is written (atomically) to a
+file named by every setting that changes the number, never over a result of other settings
+(``dlm.eval.result_files``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch.utils.data import DataLoader
 
 from dlm.data.blocks import corpus_blocks
+from dlm.data.corpus import EVAL_PPL_KEYS, corpus_key
 from dlm.errors import ConfigError
 from dlm.eval.perplexity import evaluate_perplexity
+from dlm.eval.result_files import check_result_path, result_name
 from dlm.eval.scorers import scorer_for
 from dlm.eval.strata import Method
 from dlm.io.atomic import write_json_atomic
@@ -20,6 +27,16 @@ from dlm.io.record import Family
 
 def pick_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def check_count(key: str, value: Any, *, optional: bool = False) -> None:
+    """A count (``key=value``) must be a positive integer (or None when ``optional``): 0 or a negative
+    number never means "the default"."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        unset = f", or leave {key} unset for the default" if optional else ""
+        raise ConfigError(f"{key}={value!r} must be a positive integer{unset}")
 
 
 def eval_ppl_model_dir(
@@ -44,18 +61,29 @@ def eval_ppl_model_dir(
     rope_scaling: Any = None,
     max_seq_len: int | None = None,
 ) -> dict:
-    """The perplexity of the directory's family (``dlm.eval.scorers``: exact for AR, the NELBO bound for
-    masked diffusion, the per-block bound with the model's own ``block_size`` and ``shift_logits`` for
-    block diffusion) on rows of ``seq_len`` tokens (default: the training rows' length); returns the
-    JSON record it also writes. ``rope_scaling`` / ``max_seq_len`` are load overrides (long-context
-    evaluation, ``dlm.io.overrides``), recorded under ``overrides``."""
+    """The perplexity of the directory's family (``dlm.eval.scorers``: exact for AR, normalised as the
+    model was trained; the NELBO bound for masked diffusion; the per-block bound with the model's own
+    ``block_size`` and ``shift_logits`` for block diffusion) on rows of ``seq_len`` tokens (default: the
+    training rows' length); returns the JSON record it also writes. ``rope_scaling`` / ``max_seq_len``
+    are load overrides (long-context evaluation, ``dlm.io.overrides``), recorded under ``overrides``.
+
+    The record holds ``settings`` (everything the number depends on) and is written to ``out`` or to
+    ``<model_dir>/eval/<data stem>-<split>-<settings digest>.json``; a file there that holds anything
+    but a result of the same settings is refused before any compute.
+    """
+    for key, value, optional in (("seq_len", seq_len, True), ("batch_size", batch_size, False),
+                                 ("num_samples", num_samples, False), ("max_tokens", max_tokens, True),
+                                 ("max_seq_len", max_seq_len, True)):
+        check_count(key, value, optional=optional)
+    if method not in get_args(Method):
+        raise ConfigError(f"method={method!r}; choose {' or '.join(get_args(Method))}")
     device = pick_device(device)
     loaded = load_model_dir(model_dir, device=device, rope_scaling=rope_scaling, max_seq_len=max_seq_len)
     model, record = loaded.model, loaded.record
     scorer = scorer_for(record.family, model, num_samples=num_samples, method=method, schedule=loaded.schedule,
-                        keep_first_token=record.keep_first_token)
-    seq_len = int(seq_len or record.seq_len or 0)
-    if seq_len <= 0:
+                        keep_first_token=record.keep_first_token, ar_softmax=record.ar_softmax)
+    seq_len = seq_len or record.seq_len
+    if seq_len is None:
         raise ConfigError("seq_len is unknown for this model directory; pass seq_len=<tokens per row>")
     if model.max_seq_len is not None and seq_len > model.max_seq_len:
         raise ConfigError(f"seq_len={seq_len} exceeds the model's context model.max_seq_len={model.max_seq_len}; "
@@ -64,17 +92,25 @@ def eval_ppl_model_dir(
     if record.family is Family.BLOCK and seq_len % model.block_size:
         raise ConfigError(f"seq_len={seq_len} must be a multiple of the model's diffusion block size "
                           f"model.block_size={model.block_size}; pass a seq_len that it divides")
+    context = {k: v for k, v in record.overrides.items() if k in ("rope_scaling", "max_seq_len")}
+    # everything the number depends on; a Monte Carlo estimate also depends on its random draws
+    settings = {"model": str(Path(model_dir).resolve()), "data": corpus_key(str(source), split, text_field=text_field),
+                "mode": mode, "detokenizer": detokenizer, "seq_len": seq_len, "max_tokens": max_tokens,
+                "overrides": context, **scorer.summary(),
+                **({"seed": seed, "batch_size": batch_size, "device": torch.device(device).type}
+                   if scorer.stochastic else {})}
+    path = Path(out) if out else Path(model_dir) / "eval" / result_name(Path(str(dataset)).stem, split, settings)
+    check_result_path(path, settings, key="out")
     rows = corpus_blocks(source=source, split=split, tokenizer=loaded.tokenizer, seq_len=seq_len, mode=mode,
                          text_field=text_field, streaming=streaming, detokenizer=detokenizer, cache_dir=cache_dir,
-                         max_tokens=max_tokens)
+                         max_tokens=max_tokens, keys=EVAL_PPL_KEYS)
     if len(rows) == 0:
         raise ConfigError(f"{dataset} ({split}) gives no row of {seq_len} tokens; pass a smaller seq_len")
     loader = DataLoader(rows, batch_size=batch_size)
     result = evaluate_perplexity(model, loader, scorer, seed=seed, device=device, total=len(loader))
-    context = {k: v for k, v in record.overrides.items() if k in ("rope_scaling", "max_seq_len")}
     result = {"dataset": dataset, "split": split, "seq_len": seq_len, "model": str(model_dir),
-              "detokenizer": detokenizer, **({"overrides": context} if context else {}), **result}
-    path = Path(out) if out else Path(model_dir) / "eval" / f"{Path(str(dataset)).stem}-{split}.json"
+              "detokenizer": detokenizer, **({"overrides": context} if context else {}), **result,
+              "settings": settings}
     write_json_atomic(path, result)
     result["out"] = str(path)
     return result

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from dlm.diffusion.forward import mask_exactly_k, mask_tokens
 from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
+from dlm.errors import NonFiniteError
 from dlm.eval.strata import Method, stratified_uniforms
+from dlm.io.record import ArSoftmax
 from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.objectives.ar import next_token_nll
 from dlm.objectives.masked import target_positions
@@ -39,10 +41,13 @@ class Scorer(Protocol):
 
     ``per_sequence(model, batch, generator)`` -> (nll (B,) float64, variance of that estimate (B,) or None
     when exact, scored tokens (B,)); ``summary()`` the JSON fields that say how (method, t_samples,
-    estimator, ...); ``desc`` labels the progress bar.
+    estimator, ...) — every setting of the scorer that changes the number, so results are named by it;
+    ``desc`` labels the progress bar; ``stochastic``: the estimate depends on random draws (the seed,
+    the batch size and the device then change the number too).
     """
 
     desc: str
+    stochastic: bool
 
     def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
                      generator: torch.Generator | None = None) -> PerSequence: ...
@@ -94,31 +99,42 @@ def nelbo_per_sequence(
 
 
 @torch.no_grad()
-def ar_nll_per_sequence(model: Denoiser, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Exact per-sequence NLL (B,) over targets 1..L-1 and the target counts (B,)."""
+def ar_nll_per_sequence(model: Denoiser, batch: dict[str, Tensor], *,
+                        softmax: ArSoftmax) -> tuple[Tensor, Tensor]:
+    """Exact per-sequence NLL (B,) over targets 1..L-1 and the target counts (B,), normalised over the
+    rows ``softmax`` says (``dlm.objectives.ar.next_token_nll``)."""
     x0, attention_mask = batch["input_ids"], batch.get("attention_mask")
-    nll = next_token_nll(model(x0, None, attn_mask=padding_attn_mask(batch)), x0, model.mask_id)
+    nll = next_token_nll(model(x0, None, attn_mask=padding_attn_mask(batch)), x0, model.mask_id, softmax)
     targets = torch.ones_like(nll, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
     return (nll * targets).sum(-1).double(), targets.sum(-1)
 
 
 class ExactNLL:
-    """AR models: the exact next-token NLL over targets 1..L-1 (no estimator, no variance)."""
+    """AR models: the exact next-token NLL over targets 1..L-1 (no estimator, no variance), with the
+    softmax normalised as the model's distribution is defined (``ar_softmax``: "full" for a converted
+    HF model, equal to ``transformers``' perplexity; "without_mask" for dlm's AR objective)."""
 
     desc = "eval ppl (ar)"
+    stochastic = False
+
+    def __init__(self, *, ar_softmax: ArSoftmax) -> None:
+        self.ar_softmax = ar_softmax
 
     @classmethod
-    def for_model(cls, model: Denoiser, **_settings) -> ExactNLL:
-        """Monte Carlo settings (num_samples, method, ...) do not apply to an exact score."""
-        return cls()
+    def for_model(cls, model: Denoiser, *, ar_softmax: ArSoftmax | None = None, **_settings) -> ExactNLL:
+        """Monte Carlo settings (num_samples, method, ...) do not apply to an exact score; ``ar_softmax``
+        (the model directory's record) is required."""
+        if ar_softmax is None:
+            raise ValueError("an AR model's exact NLL needs ar_softmax (its model directory's record says it)")
+        return cls(ar_softmax=ar_softmax)
 
     def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
                      generator: torch.Generator | None = None) -> PerSequence:
-        nll, n = ar_nll_per_sequence(model, batch)
+        nll, n = ar_nll_per_sequence(model, batch, softmax=self.ar_softmax)
         return nll, None, n
 
     def summary(self) -> dict:
-        return {"method": "exact", "t_samples": 1, "estimator": "exact"}
+        return {"method": "exact", "t_samples": 1, "estimator": "exact", "ar_softmax": self.ar_softmax}
 
 
 class MaskedNELBO:
@@ -126,6 +142,7 @@ class MaskedNELBO:
     sequence; ``keep_first_token`` conditions on position 0 (the AR model's targets exactly)."""
 
     desc = "eval ppl (diffusion)"
+    stochastic = True
 
     def __init__(self, *, num_samples: int = 32, method: Method = "mc", schedule: NoiseSchedule | None = None,
                  t_min: float = 1e-3, keep_first_token: bool = True) -> None:
@@ -133,7 +150,8 @@ class MaskedNELBO:
         self.t_min, self.keep_first_token = t_min, keep_first_token
 
     @classmethod
-    def for_model(cls, model: Denoiser, **settings) -> MaskedNELBO:
+    def for_model(cls, model: Denoiser, *, ar_softmax: ArSoftmax | None = None, **settings) -> MaskedNELBO:
+        """``settings``: the constructor's; ``ar_softmax`` describes AR models only."""
         return cls(**settings)
 
     def per_sequence(self, model: Denoiser, batch: dict[str, Tensor],
@@ -174,15 +192,19 @@ def accumulate_nll(model: nn.Module, batches: Iterable[dict[str, Tensor]], score
                    device: torch.device | str, total: int | None = None) -> dict:
     """Token-weighted totals of ``score(batch) -> (nll per sequence (B,), its variance (B,) or None,
     tokens per sequence (B,))`` over ``batches``, with the model in eval mode; returns nll,
-    nll_stderr, ppl, tokens, sequences, seconds."""
+    nll_stderr, ppl, tokens, sequences, seconds. A NaN or inf score stops the evaluation
+    (``NonFiniteError`` naming the rows): a perplexity of NaN is not a result."""
     was_training = model.training
     model.eval()
     nll_sum, var_sum, tokens, sequences = 0.0, 0.0, 0, 0
     start = time.perf_counter()
     for batch in tqdm(batches, desc=desc, total=total, dynamic_ncols=True):
         per_seq, var, n = score({k: v.to(device) for k, v in batch.items()})
-        nll_sum += per_seq.sum().item()
-        var_sum += 0.0 if var is None else var.sum().item()
+        batch_nll, batch_var = per_seq.sum().item(), 0.0 if var is None else var.sum().item()
+        if not (math.isfinite(batch_nll) and math.isfinite(batch_var)):  # one sync per batch, as .item() above
+            raise non_finite_scores(per_seq, var, first_row=sequences, desc=desc)
+        nll_sum += batch_nll
+        var_sum += batch_var
         tokens += int(n.sum().item())
         sequences += per_seq.numel()
     model.train(was_training)
@@ -191,3 +213,17 @@ def accumulate_nll(model: nn.Module, batches: Iterable[dict[str, Tensor]], score
     nll = nll_sum / tokens
     return {"nll": nll, "nll_stderr": math.sqrt(var_sum) / tokens, "ppl": math.exp(nll), "tokens": tokens,
             "sequences": sequences, "seconds": time.perf_counter() - start}
+
+
+def non_finite_scores(per_seq: Tensor, var: Tensor | None, *, first_row: int, desc: str) -> NonFiniteError:
+    """The error for a batch whose per-sequence NLL (B,) or its variance (B,) is not finite: it names the
+    rows of the evaluation data (counted from 0) and the first bad value."""
+    bad = ~torch.isfinite(per_seq) | (torch.zeros_like(per_seq, dtype=torch.bool) if var is None
+                                      else ~torch.isfinite(var))
+    rows = [first_row + int(i) for i in bad.nonzero().flatten().tolist()]
+    i = rows[0] - first_row
+    what = f"NLL {per_seq[i].item()}" if not math.isfinite(per_seq[i].item()) else f"variance {var[i].item()}"
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    return NonFiniteError(f"{desc}: the model's score is not finite ({what}) on row(s) {shown} of the evaluation "
+                          "data: its logits hold NaN/inf on these inputs (overflow in a low precision, or "
+                          "corrupt weights); nothing was written")

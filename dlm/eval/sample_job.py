@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dlm.errors import ConfigError
+from dlm.eval.finite_outputs import FiniteOutputs
 from dlm.eval.model_dir import pick_device
 from dlm.io.atomic import atomic_file
 from dlm.io.model_dir import load_model_dir
@@ -70,7 +71,8 @@ def sample_to_jsonl(
 
     One generator seeded with ``seed`` serves the whole job, so the same arguments give the same
     file. Returns {samples, out, nfe (mean over samples of their batch's nfe), seconds (total
-    sampling time), seconds_per_sample, sampler (class name), length, model}.
+    sampling time), seconds_per_sample, sampler (class name), length, model}. A model whose logits
+    turn NaN/inf stops the job (``NonFiniteError``) and ``out`` is left as it was.
     """
     if num_samples < 1:
         raise ConfigError(f"num_samples={num_samples} must be >= 1")
@@ -89,9 +91,10 @@ def sample_to_jsonl(
     out = Path(out)
     nfe_total, seconds = 0, 0.0
     sizes = [min(batch_size, num_samples - s) for s in range(0, num_samples, batch_size)]
-    with atomic_file(out) as f:
-        for b in tqdm(sizes, desc=f"sample ({type(sampler).__name__})", dynamic_ncols=True):
+    with atomic_file(out) as f, FiniteOutputs(loaded.model) as watch:
+        for k, b in enumerate(tqdm(sizes, desc=f"sample ({type(sampler).__name__})", dynamic_ncols=True)):
             res = sampler(loaded.model, batch_size=b, length=length, prompt=prompt_t, generator=generator)
+            watch.check(f"dlm-sample batch {k + 1} of {len(sizes)} ({model_dir})")
             nfe_total += res.nfe * b
             seconds += res.seconds
             for row in res.tokens.tolist():

@@ -23,7 +23,8 @@ SCORERS: dict[Family, type[ExactNLL] | type[MaskedNELBO] | type[BlockNELBO]] = {
 
 def scorer_for(family: Family, model: Denoiser, **settings) -> Scorer:
     """The perplexity scorer of a model of ``family``; ``settings``: num_samples, method, schedule, t_min,
-    keep_first_token (Monte Carlo settings, unused by exact scores)."""
+    keep_first_token (Monte Carlo settings, unused by exact scores) and ar_softmax (the record's: how an
+    AR model's softmax is normalised; required for AR, unused by the bounds)."""
     if family not in SCORERS:
         raise ConfigError(f"a {family.kind!r} model directory has no perplexity (it does not model text); "
                           f"evaluate a model of kind {', '.join(repr(f.kind) for f in SCORERS)}")

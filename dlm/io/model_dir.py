@@ -1,15 +1,18 @@
 """Exportable model directories: what ``dlm.load(path)``, evaluation and sampling read.
 
 Layout (written atomically: a temp dir renamed when complete; ``dlm.io.migrate`` reads older ones):
-    model.json          {"format": 2, "kind": "ar"|"diffusion"|"block"|"classifier"|"block_policy",
+    model.json          {"format": 3, "kind": "ar"|"diffusion"|"block"|"classifier"|"block_policy",
                          "model": {"_target_": ..., **kwargs}, "schedule": {...} | null,
-                         "seq_len": int | null, "keep_first_token": bool, "step": int | null, ...extra}
+                         "seq_len": int | null, "keep_first_token": bool, "step": int | null,
+                         "ar_softmax": "full"|"without_mask" (kind "ar" only), ...extra}
     model.safetensors   weights (EMA weights when training used EMA); a tied weight is stored once
     tokenizer/          tokenizer files + dlm_tokenizer.json
     config.yaml         the resolved training config, for humans and for re-running
 ``kind`` spells the ``Family`` (``dlm.io.record``); ``seq_len`` is the training rows' length, while
 ``block_size`` only ever appears as the diffusion block, a model argument. Only ``dlm.*`` targets are
 built, and weights load through safetensors, so a directory from elsewhere cannot execute code.
+Loading refuses weights holding NaN or inf (naming the tensor) and a tokenizer that does not fit the
+model's vocabulary: either would give numbers or text that look like results and are not.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dlm.errors import CheckpointError
 from dlm.io.atomic import atomic_dir
 from dlm.io.migrate import FORMAT, migrate
 from dlm.io.overrides import apply_spec_overrides, check_override_names, parse_dtype
-from dlm.io.record import Family, ModelRecord
+from dlm.io.record import Family, ModelRecord, checked_ar_softmax
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import TOKENIZER_DIR, load_tokenizer, save_tokenizer
 
@@ -72,16 +75,22 @@ def save_model_dir(
     """Write a model directory (see module docstring); returns its path.
 
     ``extra``: further JSON-able provenance (``data``, ``converted_from``, ...); a key the layout
-    writes itself is refused.
+    writes itself is refused. ``extra["ar_softmax"]`` (kind "ar" only, ``dlm.io.record.ArSoftmax``) says
+    how the AR model's softmax is normalised: dlm-train passes its objective's, dlm-convert the HF
+    model's; absent, an AR model gets "without_mask", the normalisation dlm's AR objective trains with.
     """
     path = Path(path)
-    clash = sorted(set(extra or {}) & RESERVED)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & RESERVED)
     if clash:
         raise ValueError(f"save_model_dir: extra keys {clash} are written from their own arguments "
                          "(seq_len=, keep_first_token=, step=; shift_logits is a model argument)")
+    if family is Family.AR:
+        extra.setdefault("ar_softmax", "without_mask")
+    checked_ar_softmax(family, extra.get("ar_softmax"), where=f"save_model_dir({path})")
     meta = {"format": FORMAT, "kind": family.kind, "model": model_spec, "schedule": schedule_spec,
             "seq_len": None if seq_len is None else int(seq_len), "keep_first_token": bool(keep_first_token),
-            "step": None if step is None else int(step), **(extra or {})}
+            "step": None if step is None else int(step), **extra}
     with atomic_dir(path) as tmp:
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         state, seen = {}, set()
@@ -112,6 +121,9 @@ def read_record(path: str | Path, **overrides: Any) -> tuple[ModelRecord, dict]:
     """(the typed record, the migrated model.json dict) of a model directory, ``overrides`` applied
     to the model spec (``dlm.io.overrides``); nothing is built."""
     path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; a model is loaded from the directory that holds {META_FILE}, "
+                              f"{WEIGHTS_FILE} and {TOKENIZER_DIR}/: pass {path.parent}")
     if not path.is_dir():
         raise CheckpointError(f"model directory {path} does not exist (expected {META_FILE}, {WEIGHTS_FILE}, "
                               f"{TOKENIZER_DIR}/)")
@@ -154,6 +166,7 @@ def load_model_dir(path: str | Path, *, device: str | torch.device | None = None
         state = load_file(str(path / WEIGHTS_FILE))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{path / WEIGHTS_FILE} is corrupt or truncated: {e}") from e
+    check_finite_weights(state, where=path / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_aliases(model)]
     if missing or unexpected:
@@ -161,5 +174,37 @@ def load_model_dir(path: str | Path, *, device: str | torch.device | None = None
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device=device or "cpu", dtype=None if dtype is None else parse_dtype(dtype)).eval()
     schedule = build(record.schedule_spec) if record.schedule_spec else None
-    return LoadedModel(model=model, tokenizer=load_tokenizer(path / TOKENIZER_DIR), record=record,
-                       schedule=schedule, meta=meta, path=path)
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    if record.family.is_denoiser:
+        check_vocabulary(tokenizer, model, where=path)
+    return LoadedModel(model=model, tokenizer=tokenizer, record=record, schedule=schedule, meta=meta, path=path)
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], *, where: Path) -> None:
+    """Refuse a state dict holding NaN or inf, naming the file and the first such tensor.
+
+    A non-finite weight makes every output NaN: evaluation would print ``"nll": NaN`` and sampling
+    decode garbage, both with exit code 0. One pass over the weights on load costs far less.
+    """
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            inf = int((~finite).sum()) - nan
+            raise CheckpointError(f"{where} is corrupt: tensor {name!r} {tuple(tensor.shape)} holds {nan} NaN and "
+                                  f"{inf} inf values; re-export the model from a good checkpoint")
+
+
+def check_vocabulary(tokenizer: Any, model: nn.Module, *, where: Path) -> None:
+    """The tokenizer of a model directory must name ids the model embeds and share its mask id.
+
+    The embedding may have more rows than the tokenizer has tokens (spare rows of HF checkpoints);
+    a tokenizer with more tokens, or another mask id, belongs to other weights.
+    """
+    if tokenizer.vocab_size > model.vocab_size or tokenizer.mask_id != model.mask_id:
+        raise CheckpointError(f"{where / TOKENIZER_DIR} does not belong to {where / WEIGHTS_FILE}: the tokenizer has "
+                              f"vocab_size={tokenizer.vocab_size}, mask_id={tokenizer.mask_id}, the model "
+                              f"vocab_size={model.vocab_size}, mask_id={model.mask_id}; put back the tokenizer the "
+                              "model was trained with (re-export the model directory)")

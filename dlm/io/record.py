@@ -12,10 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, get_args
 
 from dlm.errors import CheckpointError
 from dlm.types import Attention
+
+# How an AR model's next-token distribution is normalised (model.json ``ar_softmax``, kind "ar" only):
+#   "full"          softmax over every row of the output head, mask row included: a converted HF causal
+#                   LM whose mask sits on one of its own rows (a spare row or a token), exactly as
+#                   ``transformers`` normalises it;
+#   "without_mask"  the mask column is removed before the softmax: dlm's AR objective trains this way
+#                   (``dlm.objectives.ar``), and a HF model whose mask row dlm-convert appended has no
+#                   such row, so its distribution is over the others.
+# dlm-train and dlm-convert write it; exact perplexity and judges read it, so a model is always scored
+# the way its distribution is defined.
+ArSoftmax = Literal["full", "without_mask"]
+AR_SOFTMAX: tuple[str, ...] = get_args(ArSoftmax)
 
 
 class Family(Enum):
@@ -68,6 +80,7 @@ class ModelRecord:
     seq_len         row length of the training data in tokens (None when unknown, e.g. converted models);
     keep_first_token  position 0 was conditioned on, never scored (perplexity scores the same tokens);
     step            optimizer steps of the exported weights (None: not trained by dlm-train);
+    ar_softmax      AR models: how the next-token softmax is normalised (``ArSoftmax``); None otherwise;
     overrides       load-time overrides applied (JSON-able; {} when none), see ``dlm.io.overrides``;
     migrations      what migration on read changed (empty for a directory in the current layout).
     """
@@ -78,6 +91,7 @@ class ModelRecord:
     seq_len: int | None = None
     keep_first_token: bool = False
     step: int | None = None
+    ar_softmax: ArSoftmax | None = None
     overrides: dict = field(default_factory=dict)
     migrations: tuple[str, ...] = ()
 
@@ -88,9 +102,26 @@ class ModelRecord:
         if not isinstance(meta.get("model"), dict):
             raise CheckpointError(f"{where} has no model spec ('model': {{'_target_': ...}})")
         seq_len, step = meta.get("seq_len"), meta.get("step")
-        return cls(family=Family.from_kind(meta.get("kind"), where=where), model_spec=dict(meta["model"]),
+        family = Family.from_kind(meta.get("kind"), where=where)
+        return cls(family=family, model_spec=dict(meta["model"]),
                    schedule_spec=meta.get("schedule") or None,
                    seq_len=None if seq_len is None else int(seq_len),
                    keep_first_token=bool(meta.get("keep_first_token", False)),
-                   step=None if step is None else int(step), overrides=dict(overrides or {}),
+                   step=None if step is None else int(step),
+                   ar_softmax=checked_ar_softmax(family, meta.get("ar_softmax"), where=where),
+                   overrides=dict(overrides or {}),
                    migrations=tuple(migrations))
+
+
+def checked_ar_softmax(family: Family, value: Any, *, where: str) -> ArSoftmax | None:
+    """``value`` as the ``ar_softmax`` of a model of ``family``: one of ``AR_SOFTMAX`` for an AR model (it
+    decides how its exact perplexity is normalised), None for every other family."""
+    if family is not Family.AR:
+        if value is not None:
+            raise CheckpointError(f"{where} has ar_softmax={value!r} but kind={family.kind!r}; ar_softmax describes "
+                                  "autoregressive models only (kind 'ar'): remove it")
+        return None
+    if value not in AR_SOFTMAX:
+        raise CheckpointError(f"{where} has ar_softmax={value!r}; an AR model needs one of "
+                              f"{', '.join(map(repr, AR_SOFTMAX))} (how its next-token softmax is normalised)")
+    return value

@@ -7,19 +7,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlm.errors import ConfigError
-from dlm.io.record import Family
+from dlm.io.record import ArSoftmax, Family
 from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.types import Denoiser, LossOutput
 
 
-def next_token_nll(logits: Tensor, x0: Tensor, mask_id: int) -> Tensor:
+def next_token_nll(logits: Tensor, x0: Tensor, mask_id: int, softmax: ArSoftmax = "without_mask") -> Tensor:
     """-log p(x_{i+1} | x_{<=i}) for i = 0..L-2; logits (B, L, V), x0 (B, L) -> (B, L-1) float32.
 
-    The mask column is removed before normalising: an AR model never emits the mask token, and
-    leaving it in would make the likelihood depend on an untrained logit.
+    ``softmax`` says over which rows p is normalised (``dlm.io.record.ArSoftmax``): "without_mask"
+    removes the mask column first, as dlm's AR objective trains (an AR model never emits the mask
+    token, and keeping it would make the likelihood depend on a logit that gets no gradient);
+    "full" keeps every row, as a HF causal LM defines its distribution (``transformers`` scores it so).
+    Score a model with the normalisation it was trained with (its model directory's ``ar_softmax``).
     """
-    logits = logits[:, :-1].float()
-    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    logits = logits[:, :-1].float()  # float32: bf16 logits lose ~2 digits of the NLL
+    if softmax == "without_mask":
+        logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
     return F.cross_entropy(logits.transpose(1, 2), x0[:, 1:], reduction="none")
 
 
@@ -32,6 +36,7 @@ class AutoregressiveLoss:
 
     family = Family.AR  # what it trains: read by the runner, written to the exported model.json
     shift_logits = False
+    ar_softmax: ArSoftmax = "without_mask"  # how it normalises: exported as model.json ar_softmax
 
     def __call__(
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
@@ -44,7 +49,7 @@ class AutoregressiveLoss:
         attention_mask = batch.get("attention_mask")
         attn_mask = None if attention_mask is None else padding_mask_to_attn_mask(attention_mask)
         logits = model(x0, None, attn_mask=attn_mask)
-        nll = next_token_nll(logits, x0, model.mask_id)
+        nll = next_token_nll(logits, x0, model.mask_id, self.ar_softmax)
         targets = torch.ones_like(nll, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
         nll = nll * targets
         num_tokens = targets.sum()

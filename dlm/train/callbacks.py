@@ -15,6 +15,7 @@ from dlm.io.atomic import write_jsonl_atomic
 from dlm.io.model_dir import save_model_dir
 from dlm.io.record import Family
 from dlm.samplers.canvas import check_length
+from dlm.train.csv_logger import AppendingCSVLogger
 from dlm.types import Sampler
 
 
@@ -38,6 +39,17 @@ class TokenThroughput(L.Callback):
             elapsed = time.perf_counter() - self._t0
             pl_module.log("train/tokens_per_s", self._tokens / elapsed, prog_bar=True, rank_zero_only=True)
             self._t0, self._tokens, self._batches = time.perf_counter(), 0, 0
+
+
+class KeepLogHistory(L.Callback):
+    """When training starts (after any checkpoint is restored), cut the run's metrics.csv back to the rows
+    logged before ``trainer.global_step``: the rest were written by an interrupted run after its checkpoint
+    and are logged again now. A new run (step 0) starts an empty file."""
+
+    def on_train_start(self, trainer, pl_module):
+        for logger in trainer.loggers:
+            if isinstance(logger, AppendingCSVLogger):
+                logger.keep_before(trainer.global_step)
 
 
 class ExportModelDir(L.Callback):

@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from dlm.errors import NonFiniteError
 from dlm.train.ema import EMA
 from dlm.types import Objective
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError, RuntimeError):
     """The loss became NaN/inf: the run stops, the last good checkpoint is kept untouched."""
 
 
@@ -69,8 +70,12 @@ class DlmModule(L.LightningModule):
             self.log(f"train/{k}", v, batch_size=bs)
         return out.loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None and (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+    def optimizer_step(self, *args, **kwargs):
+        # The EMA follows every optimizer step right here, not in on_train_batch_end: Lightning runs the
+        # callbacks' on_train_batch_end (ModelCheckpoint's step-interval save) before the module's, so a
+        # checkpoint saved there held an EMA one update behind and a resumed run validated with it.
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update(self.model)
 
     def on_validation_epoch_start(self):
@@ -127,6 +132,8 @@ class DlmModule(L.LightningModule):
         self._pending_rng = checkpoint.get("rng")
 
     def on_train_start(self):
+        if self.ema is not None:  # a restored shadow arrives on the CPU; update() needs it beside the weights
+            self.ema.to(self.device)
         rng = getattr(self, "_pending_rng", None)
         if rng is not None:
             torch.set_rng_state(rng["torch"])

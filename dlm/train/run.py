@@ -19,11 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from dlm.errors import CheckpointError, ConfigError
 from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import load_model_dir
+from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import tokenizer_of
-from dlm.train.callbacks import ExportModelDir, TokenThroughput
+from dlm.train.callbacks import ExportModelDir, KeepLogHistory, TokenThroughput
+from dlm.train.config_checks import check_block_sizes, check_train_config
+from dlm.train.console import quiet_lightning
 from dlm.train.datamodule import TextDataModule
 from dlm.train.module import DlmModule
+from dlm.train.resume import resolve_ckpt
 
 
 def check_compatible(model, objective, *, seq_len: int) -> None:
@@ -67,21 +71,6 @@ def accumulation(global_batch_size: int | None, batch_size: int, world: int) -> 
         raise ConfigError(f"global_batch_size={global_batch_size} is not a multiple of batch_size={batch_size} x "
                           f"{world} devices; change global_batch_size or batch_size")
     return global_batch_size // per_step
-
-
-def resolve_ckpt(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
-    """``last`` resumes from <run_dir>/checkpoints/last.ckpt when it exists (SLURM requeue)."""
-    if ckpt_path in (None, "null"):
-        if (ckpt_dir / "last.ckpt").exists():
-            raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass ckpt_path=last to resume, "
-                              "or name=<new name> (or run_dir=...) to start a new run")
-        return None
-    if ckpt_path == "last":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist")
-    return str(ckpt_path)
 
 
 INIT_OVERRIDES = frozenset({"attention", "block_size", "dropout", "attn_backend", "max_seq_len", "rope_scaling",
@@ -129,8 +118,10 @@ def load_tokenizer_from(path: str):
 
 
 def run(cfg: DictConfig) -> dict:
+    check_train_config(cfg)  # unknown top-level keys, non-positive counts: before anything is built
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    quiet_lightning()
     resume = resolve_ckpt(cfg.get("ckpt_path"), ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -153,6 +144,7 @@ def run(cfg: DictConfig) -> dict:
         model_spec = with_objective_reading(model_spec, objective)
         model = instantiate(model_spec)
     check_compatible(model, objective, seq_len=cfg.data.seq_len)
+    check_block_sizes(cfg, model)
 
     world = world_size(cfg.trainer)
     accumulate = accumulation(cfg.get("global_batch_size"), cfg.batch_size, world)
@@ -170,11 +162,13 @@ def run(cfg: DictConfig) -> dict:
     export = ExportModelDir(
         path=run_dir / "model", model_spec=model_spec, tokenizer=tokenizer, family=objective.family,
         schedule_spec=schedule_spec, seq_len=int(cfg.data.seq_len),
-        keep_first_token=bool(getattr(objective, "keep_first_token", False)), extra={"data": data_kwargs},
+        keep_first_token=bool(getattr(objective, "keep_first_token", False)),
+        # an AR model declares how its softmax is normalised, so it is scored as trained
+        extra={"data": data_kwargs, **({"ar_softmax": objective.ar_softmax} if objective.family is Family.AR else {})},
         config_yaml=config_yaml,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [TokenThroughput(), export]
+    callbacks += [TokenThroughput(), export, KeepLogHistory()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
                           default_root_dir=str(run_dir), use_distributed_sampler=False)

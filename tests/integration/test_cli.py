@@ -18,6 +18,8 @@ def test_demo_then_eval_ppl(tmp_path):
         out = run_cli("dlm-eval-ppl", f"model={demo[key]}", "data=pydoc", "num_samples=2", "max_tokens=3000",
                       cwd=tmp_path)
         assert out["method"] == method and out["tokens"] > 0 and out["ppl"] > 1
+        if method == "exact":  # scored as dlm's AR objective trains it (model.json ar_softmax)
+            assert out["ar_softmax"] == "without_mask"
         assert {"ppl", "nll", "tokens", "method", "t_samples", "seconds", "dataset"} <= set(out)
         assert Path(out["out"]).exists()
 

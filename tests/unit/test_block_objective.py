@@ -94,6 +94,7 @@ def test_mask_matches_the_three_part_definition_and_never_leaks():
     assert torch.equal(mod(torch.zeros((), dtype=torch.long), None, idx[:, None], idx[None, :]), m)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not flex_available("cuda"), reason="FlexAttention block masks need CUDA")
 def test_flex_attention_equals_dense_mask():
     from torch.nn.attention.flex_attention import flex_attention

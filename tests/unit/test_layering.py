@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # DESIGN §1, top to bottom. A package may import its own modules and anything on a lower rank;
 # same-rank imports between different packages are refused unless listed in PEERS.
 LAYERS: dict[int, tuple[str, ...]] = {
-    7: ("dlm.cli", "dlm.bench"),  # thin entry points (dlm-train, dlm-eval-ppl, dlm-bench, ...)
+    7: ("dlm.cli", "dlm.bench", "dlm.__main__"),  # thin entry points (dlm-train, dlm-eval-ppl, dlm-bench, ...)
     6: ("dlm.train",),  # Lightning only here
     # The package root is a facade (``dlm.load``): it may re-export algorithms and I/O, but never
     # dlm.train, so ``import dlm`` can never pull in Lightning.
@@ -55,10 +55,11 @@ PEERS: dict[str, frozenset[str]] = {
     "dlm.convert": frozenset({"dlm.diffusion", "dlm.data", "dlm.cache"}),
     "dlm.rewards": frozenset({"dlm.diffusion", "dlm.data"}),
     "dlm.cli": frozenset({"dlm.bench"}),
+    "dlm.__main__": frozenset({"dlm.cli"}),  # python -m dlm is the dlm command
 }
 
 FRAMEWORKS = ("lightning", "lightning_fabric", "pytorch_lightning", "hydra", "omegaconf")
-FRAMEWORK_HOMES = ("dlm.train", "dlm.cli")  # the only places that may import FRAMEWORKS
+FRAMEWORK_HOMES = ("dlm.train", "dlm.cli", "dlm.__main__")  # the only places that may import FRAMEWORKS
 IO = ("dlm.io", "dlm.data")
 ALGORITHMS = ("dlm.objectives", "dlm.samplers", "dlm.eval", "dlm.train")
 

@@ -53,7 +53,8 @@ def test_quadrature_with_one_sample_per_k_is_exact_for_a_uniform_denoiser():
     assert out["method"] == "nelbo_bound" and out["tokens"] == 40
 
 
-def test_ar_perplexity_is_exp_of_hand_computed_mean_nll():
+@pytest.mark.parametrize("ar_softmax", ["without_mask", "full"])
+def test_ar_perplexity_is_exp_of_hand_computed_mean_nll(ar_softmax):
     model = BigramAR(V, MASK, seed=4)
     batches = [{"input_ids": torch.randint(0, MASK, (3, 6), generator=torch.Generator().manual_seed(s))}
                for s in range(2)]
@@ -62,11 +63,12 @@ def test_ar_perplexity_is_exp_of_hand_computed_mean_nll():
         for row in b["input_ids"]:
             for i in range(5):
                 logits = model.table[row[i]].detach().clone()
-                logits[MASK] = float("-inf")
+                if ar_softmax == "without_mask":
+                    logits[MASK] = float("-inf")
                 total -= torch.log_softmax(logits, -1)[row[i + 1]].item()
                 count += 1
-    out = evaluate_perplexity(model, batches, ExactNLL())
-    assert out["tokens"] == count and out["method"] == "exact"
+    out = evaluate_perplexity(model, batches, ExactNLL(ar_softmax=ar_softmax))
+    assert out["tokens"] == count and out["method"] == "exact" and out["ar_softmax"] == ar_softmax
     assert out["ppl"] == pytest.approx(math.exp(total / count), rel=1e-6)
 
 
@@ -80,7 +82,7 @@ def test_time_conditioned_model_uses_t_form():
 def test_the_record_picks_the_scorer_and_auxiliary_families_have_none():
     model = UniformDenoiser(3, V, MASK)
     assert set(SCORERS) == {Family.AR, Family.MASKED, Family.BLOCK}
-    assert isinstance(scorer_for(Family.AR, model, num_samples=4), ExactNLL)
+    assert isinstance(scorer_for(Family.AR, model, num_samples=4, ar_softmax="full"), ExactNLL)
     masked = scorer_for(Family.MASKED, model, num_samples=4, method="quadrature", keep_first_token=False)
     assert isinstance(masked, MaskedNELBO) and masked.summary() == {"method": "nelbo_bound", "t_samples": 4,
                                                                      "estimator": "quadrature"}

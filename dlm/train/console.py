@@ -1,0 +1,33 @@
+"""A quiet console for training: Lightning's advertising and environment chatter are dropped at the source.
+
+Kept: progress bars, the model summary, warnings about the user's run. Dropped: hardware-absent lines
+("GPU available: False", "TPU available"), tips ("💡 Tip: ... litlogger", the Tensor Cores hint),
+the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, and deprecation warnings raised inside
+Lightning by the installed torch (nothing a dlm user can act on). Called by ``run`` rather than at
+import, so importing dlm.train changes no global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# the first words of the rank-zero INFO lines that are dropped
+CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip", "You are using a CUDA device")
+
+
+class DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(CHATTER)
+
+
+def quiet_lightning() -> None:
+    """Install the filters (idempotent)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, DropChatter) for f in rank_zero.filters):
+        rank_zero.addFilter(DropChatter())
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)  # LOCAL_RANK: ... lines
+    # torch's pytree deprecations (LeafSpec, ...) fire inside lightning.pytorch.utilities._pytree
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated")
