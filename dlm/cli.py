@@ -175,7 +175,7 @@ def sample(cfg: DictConfig) -> None:
     sampler = instantiate(cfg.sampler, **extra)
     _print_json(sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
                                 batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
-                                out=cfg.out))
+                                out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len))
 
 
 @command("eval_gen", CONF_DIR + "/eval")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -66,6 +67,8 @@ def sample_to_jsonl(
     seed: int = 0,
     device: str = "auto",
     out: str | Path,
+    rope_scaling: Any = None,
+    max_seq_len: int | None = None,
 ) -> dict:
     """Draw ``num_samples`` rows of ``length`` tokens with ``sampler`` and write them to ``out`` (JSONL).
 
@@ -79,7 +82,8 @@ def sample_to_jsonl(
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     device = pick_device(device)
-    loaded = load_model_dir(model_dir, device=device)
+    # load-time context extension (NTK RoPE): sample past the training length without retraining
+    loaded = load_model_dir(model_dir, device=device, rope_scaling=rope_scaling, max_seq_len=max_seq_len)
     # the sampler refuses, before any compute, a model it cannot decode (attention, shifted logits)
     sampler.check_model(loaded.model)
     ids = prompt_ids(loaded.tokenizer, prompt, family=loaded.family)
@@ -110,4 +114,5 @@ def sample_to_jsonl(
         "sampler": type(sampler).__name__,
         "length": length,
         "model": str(model_dir),
+        **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),
     }

@@ -142,3 +142,11 @@ def test_strided_sampling_goes_past_the_context_other_samplers_do_not(model_dir,
         sample_to_jsonl(model_dir, AncestralSampler(num_steps=4), num_samples=1, length=40, device="cpu",
                         out=tmp_path / "refused.jsonl")
     assert not (tmp_path / "refused.jsonl").exists()
+
+
+def test_ntk_rope_override_samples_past_the_training_context(model_dir, tmp_path):
+    out = tmp_path / "ntk.jsonl"
+    summary = sample_to_jsonl(model_dir, AncestralSampler(num_steps=4), num_samples=2, length=32, device="cpu",
+                              out=out, rope_scaling="ntk_auto:32")  # trained context: 16
+    assert [len(r["tokens"]) for r in read(out)] == [32, 32]
+    assert summary["overrides"]["max_seq_len"] == 32 and "rope_scaling" in summary["overrides"]
