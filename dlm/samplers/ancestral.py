@@ -33,7 +33,7 @@ from dlm.samplers.canvas import init_canvas, padded_positions
 from dlm.samplers.categorical import Precision, TokenSampling
 from dlm.samplers.decodable import MASKED, check_decodable
 from dlm.samplers.step import DenoiseStep, Trajectory
-from dlm.samplers.timesteps import check_timesteps, uniform_timesteps
+from dlm.samplers.timesteps import resolve_timesteps
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
 RowCache = Literal["none", "row", "batch"]
@@ -50,12 +50,10 @@ class AncestralSampler:
                  top_k: int | None = None, top_p: float | None = None, sampling_precision: Precision = "float64",
                  logit_scales: Sequence[float] | Tensor | None = None,
                  rate_scales: Sequence[float] | Tensor | None = None, record_trajectory: bool = False) -> None:
-        if num_steps < 1:
-            raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
         if row_cache not in ("none", "row", "batch"):
             raise ValueError(f"sampler.row_cache={row_cache!r}; valid: none, row, batch")
-        self.timesteps = check_timesteps(timesteps) if timesteps is not None else None
-        self.num_steps = num_steps if self.timesteps is None else self.timesteps.numel() - 1
+        self.timesteps = resolve_timesteps(num_steps, timesteps)
+        self.num_steps = self.timesteps.numel() - 1
         for key, scales in (("logit_scales", logit_scales), ("rate_scales", rate_scales)):
             if scales is not None and len(scales) != self.num_steps:
                 raise ValueError(f"sampler.{key} has {len(scales)} entries for {self.num_steps} steps")
@@ -70,7 +68,7 @@ class AncestralSampler:
 
     def grid(self, device: torch.device) -> Tensor:
         """The time grid (N + 1,) float64 on ``device``."""
-        return uniform_timesteps(self.num_steps, device) if self.timesteps is None else self.timesteps.to(device)
+        return self.timesteps.to(device)
 
     def reveal_probability(self, t: Tensor, s: Tensor) -> Tensor:
         """P(masked at t -> revealed by s); the tau-leaping sampler overrides this."""

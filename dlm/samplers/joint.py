@@ -23,7 +23,7 @@ from dlm.samplers.canvas import init_canvas
 from dlm.samplers.categorical import Precision, TokenSampling, gumbel_argmax
 from dlm.samplers.decodable import MASKED, check_decodable
 from dlm.samplers.step import DenoiseStep
-from dlm.samplers.timesteps import check_timesteps, uniform_timesteps
+from dlm.samplers.timesteps import resolve_timesteps
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
 
 
@@ -48,10 +48,8 @@ class JointReferenceSampler:
     def __init__(self, *, num_steps: int = 1000, timesteps: Sequence[float] | Tensor | None = None,
                  schedule: NoiseSchedule | None = None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, sampling_precision: Precision = "float32") -> None:
-        if num_steps < 1:
-            raise ValueError(f"sampler.num_steps={num_steps} must be >= 1")
-        self.timesteps = check_timesteps(timesteps) if timesteps is not None else None
-        self.num_steps = num_steps if self.timesteps is None else self.timesteps.numel() - 1
+        self.timesteps = resolve_timesteps(num_steps, timesteps)
+        self.num_steps = self.timesteps.numel() - 1
         self.schedule = schedule or LogLinearSchedule()
         self.step = DenoiseStep(TokenSampling(temperature=temperature, top_k=top_k, top_p=top_p,
                                               sampling_precision=sampling_precision))
@@ -66,7 +64,7 @@ class JointReferenceSampler:
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
         device, b = x.device, batch_size
-        grid = uniform_timesteps(self.num_steps, device) if self.timesteps is None else self.timesteps.to(device)
+        grid = self.timesteps.to(device)
         row_nfe = torch.zeros(b, dtype=torch.long, device=device)
         reveal_times = torch.zeros(x.shape, dtype=torch.float64, device=device)
         nfe = 0

@@ -31,3 +31,10 @@ def check_timesteps(timesteps: Sequence[float] | Tensor) -> Tensor:
     if bool((grid[1:] >= grid[:-1]).any()):
         raise ConfigError(f"sampler.timesteps must be strictly decreasing (t = 1 is all masked), got {grid.tolist()}")
     return grid
+
+
+def resolve_timesteps(num_steps: int, timesteps: Sequence[float] | Tensor | None) -> Tensor:
+    """A sampler's grid (N + 1,) float64 on the CPU: ``timesteps`` checked, else uniform with ``num_steps``."""
+    if num_steps < 1:
+        raise ConfigError(f"sampler.num_steps={num_steps} must be >= 1")
+    return check_timesteps(timesteps) if timesteps is not None else uniform_timesteps(num_steps)
