@@ -36,6 +36,8 @@ class SampleOutput:
     ``trajectory`` (when a sampler is asked to record it): the canvas (B, L) after every step; then
     ``info["step_log_probs"]`` holds, per step, the log-probability (B, L) of each token committed
     at that step under the distribution it was drawn from (0 where nothing was committed).
+    ``aux_calls``: forward calls of networks other than the denoiser, by name (EDLM: ``{"energy": n}``,
+    one call per batched energy evaluation); ``seconds`` includes them.
     """
 
     tokens: Tensor
@@ -43,6 +45,7 @@ class SampleOutput:
     seconds: float
     trajectory: list[Tensor] | None = None
     info: dict = field(default_factory=dict)
+    aux_calls: dict[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -356,3 +356,44 @@ class FakeBlockSampler:
             nfe += self.steps_per_block
         return SampleOutput(tokens=tokens, nfe=nfe, seconds=0.0,
                             info={"block_sizes": sizes, "policy_features": feats})
+
+
+class TableEnergy(nn.Module):
+    """An energy E(x0) (N,) from a table over whole sequences: x0 (N, L) with tokens < ``base`` indexes
+    ``table`` (base^L,) by its base-``base`` digits (first position most significant). Counts its calls
+    and the rows it scored. The EDLM contract (``dlm.models.energy.EnergyModel``): lower = more likely."""
+
+    exact_normaliser = False
+
+    def __init__(self, table: Tensor, *, base: int, vocab_size: int, mask_id: int, time_conditioned: bool = False,
+                 sign: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("table", table.double())
+        self.base, self.vocab_size, self.mask_id, self.time_conditioned = base, vocab_size, mask_id, time_conditioned
+        self.sign, self.calls, self.rows = sign, 0, []
+
+    def forward(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_log_probs: Tensor) -> Tensor:
+        self.calls += 1
+        self.rows.append(x0.shape[0])
+        assert int(x0.max()) < self.base, "the table energy scores tokens below its base only"
+        powers = self.base ** torch.arange(x0.shape[1] - 1, -1, -1, device=x0.device)
+        return self.sign * self.table[(x0 * powers).sum(-1)].float()
+
+
+class PairEnergy(nn.Module):
+    """A deterministic non-factorised energy on any vocabulary: E = sum_i a[i, x_i] + sum_i b[x_i, x_{i+1}]."""
+
+    exact_normaliser = False
+    time_conditioned = False
+
+    def __init__(self, length: int, vocab_size: int, mask_id: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(length, vocab_size, generator=g)
+        self.b = torch.randn(vocab_size, vocab_size, generator=g) * 2
+        self.vocab_size, self.mask_id, self.calls = vocab_size, mask_id, 0
+
+    def forward(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_log_probs: Tensor) -> Tensor:
+        self.calls += 1
+        unary = self.a[torch.arange(x0.shape[1])[None], x0].sum(-1)
+        return unary + self.b[x0[:, :-1], x0[:, 1:]].sum(-1)

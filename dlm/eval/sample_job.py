@@ -74,7 +74,9 @@ def sample_to_jsonl(
 
     One generator seeded with ``seed`` serves the whole job, so the same arguments give the same
     file. Returns {samples, out, nfe (mean over samples of their batch's nfe), seconds (total
-    sampling time), seconds_per_sample, sampler (class name), length, model}. A model whose logits
+    sampling time, auxiliary networks included), seconds_per_sample, sampler (class name), length, model,
+    and ``<name>_calls`` for each auxiliary network the sampler called (EDLM: ``energy_calls``, total
+    batched energy calls of the job)}. A model whose logits
     turn NaN/inf stops the job (``NonFiniteError``) and ``out`` is left as it was.
     """
     if num_samples < 1:
@@ -93,13 +95,15 @@ def sample_to_jsonl(
     prompt_t = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
     generator = torch.Generator(device=device).manual_seed(seed)
     out = Path(out)
-    nfe_total, seconds = 0, 0.0
+    nfe_total, seconds, aux_calls = 0, 0.0, {}
     sizes = [min(batch_size, num_samples - s) for s in range(0, num_samples, batch_size)]
     with atomic_file(out) as f, FiniteOutputs(loaded.model) as watch:
         for k, b in enumerate(tqdm(sizes, desc=f"sample ({type(sampler).__name__})", dynamic_ncols=True)):
             res = sampler(loaded.model, batch_size=b, length=length, prompt=prompt_t, generator=generator)
             watch.check(f"dlm-sample batch {k + 1} of {len(sizes)} ({model_dir})")
             nfe_total += res.nfe * b
+            for name, n in res.aux_calls.items():  # auxiliary networks' calls (EDLM: the energy)
+                aux_calls[name] = aux_calls.get(name, 0) + n
             seconds += res.seconds
             for row in res.tokens.tolist():
                 rec = {"text": decode_sample(row, loaded.tokenizer, len(ids)), "tokens": row,
@@ -112,6 +116,7 @@ def sample_to_jsonl(
         "seconds": seconds,
         "seconds_per_sample": seconds / num_samples,
         "sampler": type(sampler).__name__,
+        **{f"{name}_calls": n for name, n in aux_calls.items()},
         "length": length,
         "model": str(model_dir),
         **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),

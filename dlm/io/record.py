@@ -38,6 +38,7 @@ class Family(Enum):
     BLOCK = ("block", "block_causal")
     CLASSIFIER = ("classifier", None)
     BLOCK_POLICY = ("block_policy", None)
+    ENERGY = ("energy", None)  # an EDLM residual energy (dlm.models.energy.NCEEnergy)
 
     def __init__(self, kind: str, attention: Attention | None) -> None:
         self.kind = kind

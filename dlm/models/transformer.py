@@ -296,7 +296,25 @@ class Transformer(nn.Module):
         ``store_cache`` appends this call's keys / values to it. return_hidden: return the final
         normed hidden states (B, L, dim) instead of logits.
         """
-        B, L = tokens_or_probs.shape[:2]
+        return self.forward_embeddings(self.embed(tokens_or_probs), t, positions=positions, attn_mask=attn_mask,
+                                       logits_at=logits_at, cache=cache, store_cache=store_cache,
+                                       return_hidden=return_hidden)
+
+    def forward_embeddings(
+        self,
+        x: Tensor,
+        t: Tensor | None = None,
+        *,
+        positions: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        logits_at: Tensor | None = None,
+        cache: AttentionCache | None = None,
+        store_cache: bool = False,
+        return_hidden: bool = False,
+    ) -> Tensor:
+        """``forward`` after the embedding: x (B, L, dim) input vectors. A network that builds its own
+        input vectors (the EDLM energy fuses E[x_t] and E[x_0]) runs this body unchanged."""
+        B, L = x.shape[:2]
         past = cache.length if cache is not None else 0
         # the context limit is on RoPE positions, not on the token count: [x_t ; x_0] training
         # inputs hold 2L tokens at L positions
@@ -307,8 +325,6 @@ class Transformer(nn.Module):
                 f"with NTK RoPE scaling (model.rope_scaling, e.g. NTKAuto(train_len={self.max_seq_len}, "
                 f"target_len={needed}), and model.max_seq_len={needed}) or truncate the input (data.seq_len)"
             )
-        x = self.embed(tokens_or_probs)
-
         c = None
         if self.time_embed is not None:
             if t is None:

@@ -32,6 +32,7 @@ from dlm.diffusion.schedule import LogLinearSchedule
 from dlm.samplers.canvas import init_canvas, padded_positions
 from dlm.samplers.categorical import Precision, TokenSampling
 from dlm.samplers.decodable import MASKED, check_decodable
+from dlm.samplers.row_generators import Generator, uniform
 from dlm.samplers.step import DenoiseStep, Trajectory
 from dlm.samplers.timesteps import resolve_timesteps
 from dlm.types import Denoiser, NoiseSchedule, SampleOutput
@@ -44,6 +45,7 @@ class AncestralSampler:
 
     decodes = MASKED
     extends_context = False  # canvases up to the model's max_seq_len
+    aux_networks: tuple[str, ...] = ()  # networks besides the denoiser whose calls SampleOutput.aux_calls counts
 
     def __init__(self, *, num_steps: int = 128, timesteps: Sequence[float] | Tensor | None = None,
                  schedule: NoiseSchedule | None = None, row_cache: RowCache = "row", temperature: float = 1.0,
@@ -81,9 +83,18 @@ class AncestralSampler:
         psi = self.reveal_probability(t, s)
         return psi if self.rate_scales is None else (psi * self.rate_scales[i]).clamp(max=1.0)
 
+    def reveal(self, model: Denoiser, x: Tensor, t: Tensor, rows: Tensor, revealed: Tensor, generator: Generator, *,
+               step: int, trajectory: Trajectory | None, counts: dict[str, int]) -> None:
+        """Step ``step``: one network call on x[rows]; draw x0 at the ``revealed`` (B, L) positions from
+        p_theta(x0 | x_t) and write them into x in place. ``counts``: calls of auxiliary networks
+        (SampleOutput.aux_calls), which a subclass that spends them (EDLM's energy) increments."""
+        at, valid = padded_positions(revealed[rows])
+        scale = None if self.logit_scales is None else self.logit_scales[step]
+        self.step.commit(model, x, t, rows, at, valid, generator, logit_scale=scale, trajectory=trajectory)
+
     @torch.no_grad()
     def __call__(self, model: Denoiser, *, batch_size: int, length: int, prompt: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> SampleOutput:
+                 generator: Generator = None) -> SampleOutput:
         self.check_model(model)
         start = time.perf_counter()
         x = init_canvas(model, batch_size=batch_size, length=length, prompt=prompt)
@@ -92,22 +103,20 @@ class AncestralSampler:
         row_nfe = torch.zeros(b, dtype=torch.long, device=device)
         reveal_times = torch.zeros(x.shape, dtype=torch.float64, device=device)
         trajectory = Trajectory() if self.record_trajectory else None
-        nfe = 0
+        nfe, counts = 0, dict.fromkeys(self.aux_networks, 0)
         for i in range(self.num_steps):
             masked = x == model.mask_id
             t = grid[i]
             psi = self.step_psi(i, t, grid[i + 1])
-            u = torch.rand(x.shape, dtype=torch.float64, device=device, generator=generator)
+            u = uniform(x.shape, generator, device=device)
             revealed = masked & (u < psi)
             rows = revealed.any(-1) if self.row_cache == "row" else torch.full((b,), bool(revealed.any()),
                                                                               device=device)
             if self.row_cache == "none":
                 rows = masked.any(-1) | rows
             if rows.any():
-                at, valid = padded_positions(revealed[rows])
-                scale = None if self.logit_scales is None else self.logit_scales[i]
-                self.step.commit(model, x, t.expand(b), rows, at, valid, generator, logit_scale=scale,
-                                 trajectory=trajectory)
+                self.reveal(model, x, t.expand(b), rows, revealed, generator, step=i, trajectory=trajectory,
+                            counts=counts)
                 nfe += 1
                 row_nfe[rows] += 1
             elif trajectory is not None:  # a step that reveals nothing is still a step of the record
@@ -119,4 +128,5 @@ class AncestralSampler:
         if trajectory is not None:
             info["step_log_probs"] = trajectory.log_probs
         return SampleOutput(tokens=x, nfe=nfe, seconds=time.perf_counter() - start,
-                            trajectory=None if trajectory is None else trajectory.canvases, info=info)
+                            trajectory=None if trajectory is None else trajectory.canvases, info=info,
+                            aux_calls=counts)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from dlm.samplers.categorical import TokenSampling
+from dlm.samplers.row_generators import Generator, RowGenerators
 from dlm.types import Denoiser
 
 
@@ -70,14 +71,23 @@ class DenoiseStep:
         logits = self.logits(model, x, t, rows=rows, logit_scale=logit_scale)
         return self.tokens.log_probs(logits.flatten(0, 1), model.mask_id).view(logits.shape)
 
+    def draw_rows(self, logits: Tensor, valid: Tensor, mask_id: int, generator: Generator, rows: Tensor) -> Tensor:
+        """Draws at the ``valid`` (R, K) entries of logits (R, K, V), row-major -> (N,). With
+        ``RowGenerators`` each evaluated row (``rows`` (B,) bool) draws from its own stream."""
+        picked = logits[valid]
+        if not isinstance(generator, RowGenerators):
+            return self.tokens.draw(picked, mask_id, generator)
+        chunks = picked.split(valid.sum(-1).tolist())
+        return torch.cat([self.tokens.draw(c, mask_id, g) for c, g in zip(chunks, generator.select(rows).generators)])
+
     def commit(self, model: Denoiser, x: Tensor, t: Tensor | None, rows: Tensor, at: Tensor, valid: Tensor,
-               generator: torch.Generator | None, *, logit_scale: float | Tensor | None = None,
+               generator: Generator, *, logit_scale: float | Tensor | None = None,
                trajectory: Trajectory | None = None) -> None:
         """One network call on x[rows] at ``at`` (R, K); draw x0 at the ``valid`` (R, K) entries and write
         them into x (B, L) in place. Draws are made in row-major order of ``valid``."""
         logits = self.logits(model, x, t, rows=rows, at=at, logit_scale=logit_scale)
         picked = logits[valid]
-        draws = self.tokens.draw(picked, model.mask_id, generator)
+        draws = self.draw_rows(logits, valid, model.mask_id, generator, rows)
         row_ids = rows.nonzero()[:, 0][:, None].expand_as(at)[valid]
         x[row_ids, at[valid]] = draws
         if trajectory is not None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from hydra_helpers import compose_config
-from mocks import BigramAR, CachedContext, RandomDenoiser
+from mocks import BigramAR, CachedContext, PairEnergy, RandomDenoiser
 
 from dlm.cli import CONF_DIR
 from dlm.models.block_policy import FixedBlockSize
@@ -29,7 +29,7 @@ SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml"))
 V, MASK, L, B = 7, 6, 12, 3
 # num_steps overrides keep the 1000-step reference loop cheap; every other key is the config's own
 STEPS = {"ancestral": 24, "ancestral_fp32_reference": 24, "ancestral_cached": 24,
-         "ancestral_batch_cached": 24, "tau_leaping": 16, "tau_leaping_euler": 16}
+         "ancestral_batch_cached": 24, "tau_leaping": 16, "tau_leaping_euler": 16, "edlm": 24}
 
 
 def sampler_for(name: str):
@@ -44,6 +44,8 @@ def sampler_for(name: str):
         overrides.append("sampler.block_size_policy=null")
     cfg = compose_config("train", overrides)
     extra = {"block_size_policy": FixedBlockSize(2)} if name == "block_dynamic" else {}
+    if name == "edlm":  # a fixed non-factorised energy stands in for the AR / NCE model directory
+        extra = {"energy": PairEnergy(L, V, MASK, seed=3)}
     return instantiate(cfg.sampler, **extra)
 
 
