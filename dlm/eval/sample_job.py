@@ -86,6 +86,10 @@ def sample_to_jsonl(
     device = pick_device(device)
     # load-time context extension (NTK RoPE): sample past the training length without retraining
     loaded = load_model_dir(model_dir, device=device, rope_scaling=rope_scaling, max_seq_len=max_seq_len)
+    if not loaded.family.is_denoiser:  # a classifier, policy or energy directory generates nothing
+        raise ConfigError(f"model={model_dir} holds a {loaded.family.kind!r} model, not a denoiser; pass the diffusion "
+                          "(or AR) model directory as model= (an EDLM energy goes to sampler.energy.path=, a "
+                          "classifier to sampler.guidance.classifier.path=)")
     # the sampler refuses, before any compute, a model it cannot decode (attention, shifted logits)
     sampler.check_model(loaded.model)
     ids = prompt_ids(loaded.tokenizer, prompt, family=loaded.family)
