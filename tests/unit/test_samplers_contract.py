@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from hydra_helpers import compose_config
-from mocks import CachedContext, CountingModel, OracleDenoiser, RandomDenoiser
+from mocks import CachedContext, CountingModel, OracleDenoiser, PairEnergy, RandomDenoiser
 
 from dlm.cli import CONF_DIR
 from dlm.errors import ConfigError
@@ -28,6 +28,9 @@ def sampler_for(name):
 
         cfg = compose_config("train", ["+sampler=block_dynamic", "sampler.block_size_policy=null"])
         return instantiate(cfg.sampler, block_size_policy=FixedBlockSize(2))
+    if name == "edlm":  # the energy directory is mandatory (???): a fixed non-factorised energy stands in
+        cfg = compose_config("train", ["+sampler=edlm"])
+        return instantiate(cfg.sampler, energy=PairEnergy(L, V, MASK))
     return build(name, window=6, stride=3) if name == "strided" else build(name)
 
 
