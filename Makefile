@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,eval]"
 	touch $@
 
 install: $(BIN)/.dlm-installed

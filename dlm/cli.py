@@ -147,7 +147,7 @@ def data_settings(data: str, conf_dir: Path = Path(CONF_DIR)) -> dict:
 
 @command("eval_ppl", CONF_DIR + "/eval")
 def eval_ppl(cfg: DictConfig) -> None:
-    """dlm-eval-ppl model=<model dir> data=<conf/data name or local .txt/.jsonl>"""
+    """dlm-eval-ppl model=<model dir> data=<conf/data name or local .txt/.jsonl> [energy=<dir>]"""
     from dlm.eval.model_dir import eval_ppl_model_dir
 
     d = data_settings(str(cfg.data))
@@ -157,7 +157,8 @@ def eval_ppl(cfg: DictConfig) -> None:
         streaming=bool(d.get("streaming", False)), detokenizer=cfg.detokenizer or d.get("detokenizer"), batch_size=cfg.batch_size,
         num_samples=cfg.num_samples, method=cfg.method, max_tokens=cfg.max_tokens, seed=cfg.seed,
         device=cfg.device, cache_dir=cfg.cache_dir, out=cfg.out, rope_scaling=cfg.rope_scaling,
-        max_seq_len=cfg.max_seq_len,
+        max_seq_len=cfg.max_seq_len, energy=cfg.energy, energy_carry_over=bool(cfg.energy_carry_over),
+        log_z_samples=cfg.log_z_samples,
     ))
 
 
@@ -173,9 +174,14 @@ def sample(cfg: DictConfig) -> None:
     loaded = load_model_dir(cfg.model)
     extra = {"schedule": loaded.schedule} if cfg.sampler.get("schedule", "absent") is None else {}
     sampler = instantiate(cfg.sampler, **extra)
-    _print_json(sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
-                                batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
-                                out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len))
+    summary = sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
+                              batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
+                              out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len)
+    from dlm.samplers.learned_schedule import LearnedScheduleSampler
+
+    if isinstance(sampler, LearnedScheduleSampler):  # LSD: the learned grid and per-step scalars it sampled with
+        summary["learned_schedule"] = sampler.learned
+    _print_json(summary)
 
 
 @command("eval_gen", CONF_DIR + "/eval")
@@ -248,9 +254,66 @@ def train_policy(cfg: DictConfig) -> None:
     ))
 
 
+def sampler_from_conf(name: str, keys: dict, schedule) -> object:
+    """conf/sampler/<name>.yaml with ``keys`` (sampler.<key>=value) applied, built; a ``schedule: null``
+    becomes the schedule the model was trained with (as dlm-sample does)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    def value(v: object) -> str:  # lm-eval has already typed model_args values; Hydra reads them back
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    overrides = [f"sampler={name}", *(f"sampler.{k}={value(v)}" for k, v in keys.items())]
+    with initialize_config_dir(config_dir=CONF_DIR + "/eval", version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=overrides)
+    extra = {"schedule": schedule} if cfg.sampler.get("schedule", "absent") is None else {}
+    # given to the built partial, not to instantiate: Hydra would turn a (dataclass) schedule into a DictConfig
+    return instantiate(cfg.sampler, _partial_=True)(**extra)
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The value of ``name v`` or ``name=v`` among command-line ``args`` (None when absent)."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def lm_eval_main() -> None:
+    """dlm-lm-eval --model dlm --model_args model=<dir>,mc_samples=32 --tasks <t> [--include_path <dir>]
+
+    lm-eval's own command line (every lm-eval argument works) with the ``dlm`` model registered and
+    ``sampler=<conf/sampler name>`` resolved by Hydra; ``--model`` defaults to dlm."""
+    with refusals_reported(), hydra_errors_raised():
+        try:
+            from lm_eval.__main__ import cli_evaluate
+
+            from dlm.eval.harness import DlmLM, unknown_tasks
+        except ImportError as e:
+            from dlm.errors import ConfigError
+
+            raise ConfigError(f"dlm-lm-eval needs lm-eval ({e}); install it with: pip install -e '.[eval]'") from e
+        args = sys.argv[1:]
+        if args and args[0] not in ("ls", "validate", "-h", "--help") and option_value(args, "--model") is None:
+            at = 1 if args[0] == "run" else 0  # after lm-eval's subcommand, when given
+            sys.argv[1:] = [*args[:at], "--model", "dlm", *args[at:]]
+        saved, DlmLM.sampler_builder = DlmLM.sampler_builder, staticmethod(sampler_from_conf)
+        try:
+            cli_evaluate()
+        except ValueError as e:  # lm-eval's own wording, with the dlm fix
+            if not str(e).startswith("Tasks not found:"):
+                raise
+            missing = str(e).split(":", 1)[1].strip().split(", ")
+            raise unknown_tasks(missing, option_value(sys.argv[1:], "--include_path")) from e
+        finally:  # only this command resolves sampler names (an in-process caller gets the class back as it was)
+            DlmLM.sampler_builder = saved
+
+
 COMMANDS: dict[str, Callable[[], None]] = {
     "train": train, "eval-ppl": eval_ppl, "sample": sample, "eval-gen": eval_gen, "convert": convert,
-    "demo": demo, "bench": bench, "train-policy": train_policy,
+    "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main,
 }
 
 

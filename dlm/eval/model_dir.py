@@ -18,9 +18,10 @@ from dlm.data.corpus import EVAL_PPL_KEYS, corpus_key
 from dlm.errors import ConfigError
 from dlm.eval.perplexity import evaluate_perplexity
 from dlm.eval.result_files import check_result_path, result_name
-from dlm.eval.scorers import scorer_for
+from dlm.eval.scorers import energy_scorer_for, scorer_for
 from dlm.eval.strata import Method
 from dlm.io.atomic import write_json_atomic
+from dlm.io.energy_dir import load_energy
 from dlm.io.model_dir import load_model_dir
 from dlm.io.record import Family
 
@@ -60,12 +61,18 @@ def eval_ppl_model_dir(
     out: str | Path | None = None,
     rope_scaling: Any = None,
     max_seq_len: int | None = None,
+    energy: str | Path | None = None,
+    energy_carry_over: bool = False,
+    log_z_samples: int = 16,
 ) -> dict:
     """The perplexity of the directory's family (``dlm.eval.scorers``: exact for AR, normalised as the
     model was trained; the NELBO bound for masked diffusion; the per-block bound with the model's own
     ``block_size`` and ``shift_logits`` for block diffusion) on rows of ``seq_len`` tokens (default: the
     training rows' length); returns the JSON record it also writes. ``rope_scaling`` / ``max_seq_len``
     are load overrides (long-context evaluation, ``dlm.io.overrides``), recorded under ``overrides``.
+    ``energy``: an AR model directory (``energy_carry_over``: coAR) or an EDLM energy directory; the
+    masked diffusion model is then scored by the energy-corrected NELBO (``dlm.eval.energy_nelbo``), log Z
+    estimated from ``log_z_samples`` proposals unless the energy is exactly normalised (coAR).
 
     The record holds ``settings`` (everything the number depends on) and is written to ``out`` or to
     ``<model_dir>/eval/<data stem>-<split>-<settings digest>.json``; a file there that holds anything
@@ -73,15 +80,25 @@ def eval_ppl_model_dir(
     """
     for key, value, optional in (("seq_len", seq_len, True), ("batch_size", batch_size, False),
                                  ("num_samples", num_samples, False), ("max_tokens", max_tokens, True),
-                                 ("max_seq_len", max_seq_len, True)):
+                                 ("max_seq_len", max_seq_len, True), ("log_z_samples", log_z_samples, False)):
         check_count(key, value, optional=optional)
     if method not in get_args(Method):
         raise ConfigError(f"method={method!r}; choose {' or '.join(get_args(Method))}")
     device = pick_device(device)
     loaded = load_model_dir(model_dir, device=device, rope_scaling=rope_scaling, max_seq_len=max_seq_len)
     model, record = loaded.model, loaded.record
-    scorer = scorer_for(record.family, model, num_samples=num_samples, method=method, schedule=loaded.schedule,
-                        keep_first_token=record.keep_first_token, ar_softmax=record.ar_softmax)
+    if record.family is Family.ENERGY:
+        raise ConfigError(f"model={model_dir} is an EDLM energy directory (kind 'energy'): it corrects a diffusion "
+                          "model and has no perplexity of its own; pass the diffusion model as model= and this "
+                          f"directory as energy= (dlm-eval-ppl model=<diffusion dir> energy={model_dir} data=...)")
+    scoring = dict(num_samples=num_samples, method=method, schedule=loaded.schedule,
+                   keep_first_token=record.keep_first_token, ar_softmax=record.ar_softmax)
+    if energy is None:
+        scorer = scorer_for(record.family, model, **scoring)
+    else:
+        corrector = load_energy(energy, carry_over=energy_carry_over, denoiser=model_dir, device=device, key="energy",
+                                carry_over_key="energy_carry_over")
+        scorer = energy_scorer_for(record.family, model, energy=corrector, log_z_samples=log_z_samples, **scoring)
     seq_len = seq_len or record.seq_len
     if seq_len is None:
         raise ConfigError("seq_len is unknown for this model directory; pass seq_len=<tokens per row>")
@@ -97,6 +114,7 @@ def eval_ppl_model_dir(
     settings = {"model": str(Path(model_dir).resolve()), "data": corpus_key(str(source), split, text_field=text_field),
                 "mode": mode, "detokenizer": detokenizer, "seq_len": seq_len, "max_tokens": max_tokens,
                 "overrides": context, **scorer.summary(),
+                **({} if energy is None else {"energy": str(Path(energy).resolve()), "energy_carry_over": energy_carry_over}),
                 **({"seed": seed, "batch_size": batch_size, "device": torch.device(device).type}
                    if scorer.stochastic else {})}
     path = Path(out) if out else Path(model_dir) / "eval" / result_name(Path(str(dataset)).stem, split, settings)
@@ -109,6 +127,7 @@ def eval_ppl_model_dir(
     loader = DataLoader(rows, batch_size=batch_size)
     result = evaluate_perplexity(model, loader, scorer, seed=seed, device=device, total=len(loader))
     result = {"dataset": dataset, "split": split, "seq_len": seq_len, "model": str(model_dir),
+              **({} if energy is None else {"energy": str(energy)}),
               "detokenizer": detokenizer, **({"overrides": context} if context else {}), **result,
               "settings": settings}
     write_json_atomic(path, result)

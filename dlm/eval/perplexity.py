@@ -61,6 +61,25 @@ def padding_attn_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return None if pad is None else padding_mask_to_attn_mask(pad)
 
 
+def nelbo_draw(model: Denoiser, x0: Tensor, eligible: Tensor, u: Tensor, *, schedule: NoiseSchedule,
+               t_min: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """One stratified draw of the NELBO's corruption: (xt (B, L), masked (B, L), t (B,) or None, weight (B,)).
+
+    ``u`` (B,) in [0, 1) from ``stratified_uniforms``. Time-conditioned model: t = t_min + (1 - t_min) u,
+    each eligible token masked w.p. 1 - alpha(t), weight w(t) = -alpha'(t) / (1 - alpha(t)) (MDLM Eq. 10).
+    Time-free: exactly k = floor(u n) + 1 of the n eligible tokens masked, weight n / k (RADD Thm 2), and
+    t = None. Any integrand f(xt) summed with these weights estimates the same integral over t.
+    """
+    n = eligible.sum(-1)
+    if model.time_conditioned:
+        t = (t_min + (1.0 - t_min) * u).float()
+        xt, masked = mask_tokens(x0, 1.0 - schedule.alpha(t), model.mask_id, eligible=eligible, generator=generator)
+        return xt, masked, t, nelbo_weight(schedule, t)
+    k = torch.minimum((u * n.double()).floor().long() + 1, n.clamp(min=1))
+    xt, masked = mask_exactly_k(x0, k, model.mask_id, eligible=eligible, generator=generator)
+    return xt, masked, None, n.float() / k.float()
+
+
 @torch.no_grad()
 def nelbo_per_sequence(
     model: Denoiser,
@@ -82,15 +101,8 @@ def nelbo_per_sequence(
     draws = []
     for s in range(num_samples):
         u = stratified_uniforms(x0.shape[0], s, num_samples, method, x0.device, generator)
-        if model.time_conditioned:
-            t = (t_min + (1.0 - t_min) * u).float()
-            xt, masked = mask_tokens(x0, 1.0 - schedule.alpha(t), model.mask_id, eligible=eligible,
-                                     generator=generator)
-            weight = nelbo_weight(schedule, t)
-        else:
-            k = torch.minimum((u * n.double()).floor().long() + 1, n.clamp(min=1))
-            xt, masked = mask_exactly_k(x0, k, model.mask_id, eligible=eligible, generator=generator)
-            t, weight = None, n.float() / k.float()
+        xt, masked, t, weight = nelbo_draw(model, x0, eligible, u, schedule=schedule, t_min=t_min,
+                                           generator=generator)
         logits = model(xt, t, attn_mask=attn_mask)
         draws.append(weight * masked_token_nll(logits, x0, masked, model.mask_id).sum(-1))
     d = torch.stack(draws).double()  # (S, B)

@@ -29,40 +29,43 @@ def save_energy(path: str | Path, *, energy: torch.nn.Module, model_spec: dict, 
                           config_yaml=config_yaml, step=step)
 
 
-def check_same_tokenizer(energy_path: str | Path, denoiser_path: str | Path) -> None:
+def check_same_tokenizer(energy_path: str | Path, denoiser_path: str | Path, *,
+                         key: str = "sampler.energy.path") -> None:
     """The energy's tokenizer must be the denoiser's: same fingerprint (ids, vocabulary, special tokens)."""
-    mine, theirs = tokenizer_of(energy_path, key="sampler.energy.path"), tokenizer_of(denoiser_path, key="model")
+    mine, theirs = tokenizer_of(energy_path, key=key), tokenizer_of(denoiser_path, key="model")
     if mine.fingerprint() != theirs.fingerprint():
-        raise ConfigError(f"the energy {energy_path} uses tokenizer {mine.name!r} (vocab_size={mine.vocab_size}) but "
+        raise ConfigError(f"{key}: the energy {energy_path} uses tokenizer {mine.name!r} (vocab_size={mine.vocab_size}) but "
                           f"the denoiser {denoiser_path} uses {theirs.name!r} (vocab_size={theirs.vocab_size}); an "
                           "energy must read the denoiser's token ids: train the AR / energy model with the "
                           "denoiser's tokenizer (dlm-train tokenizer_from=<denoiser dir>)")
 
 
 def load_energy(path: str | Path, *, carry_over: bool = False, denoiser: str | Path | None = None,
-                device: str | torch.device = "cpu") -> EnergyModel:
+                device: str | torch.device = "cpu", key: str = "sampler.energy.path",
+                carry_over_key: str = "sampler.energy.carry_over") -> EnergyModel:
     """The energy (eval mode, frozen) stored at ``path``.
 
     An AR model directory (kind "ar") gives ``ARResidualEnergy(carry_over=...)``; an energy directory
     gives its ``NCEEnergy`` (``carry_over`` must stay False: it describes AR energies only).
-    ``denoiser``: the denoiser's model directory, whose tokenizer the energy's must equal.
+    ``denoiser``: the denoiser's model directory, whose tokenizer the energy's must equal. ``key`` /
+    ``carry_over_key``: how the calling command spells these settings (named in refusals).
     """
     path = Path(path)
     if (path / "config.json").is_file() and not (path / "model.json").is_file():
-        raise ConfigError(f"sampler.energy.path={path} is a Hugging Face directory; convert it first: dlm-convert "
+        raise ConfigError(f"{key}={path} is a Hugging Face directory; convert it first: dlm-convert "
                           f"src={path} dst=<dir> (the AR energy needs the model with its tokenizer in dlm's layout)")
     loaded = load_model_dir(path, device=device)
     if denoiser is not None:
-        check_same_tokenizer(path, denoiser)
+        check_same_tokenizer(path, denoiser, key=key)
     if loaded.family is Family.AR:
         energy = ARResidualEnergy(loaded.model, carry_over=carry_over, ar_softmax=loaded.record.ar_softmax)
     elif loaded.family is Family.ENERGY:
         if carry_over:
-            raise ConfigError(f"sampler.energy.carry_over=true describes AR energies, but {path} holds a trained "
-                              "NCE energy; drop carry_over or point sampler.energy.path at an AR model directory")
+            raise ConfigError(f"{carry_over_key}=true describes AR energies, but {path} holds a trained NCE energy; "
+                              f"drop {carry_over_key} or point {key} at an AR model directory")
         energy = loaded.model
     else:
-        raise CheckpointError(f"sampler.energy.path={path} holds a {loaded.family.kind!r} model; an energy is an AR "
+        raise CheckpointError(f"{key}={path} holds a {loaded.family.kind!r} model; an energy is an AR "
                               "model directory (kind 'ar') or an EDLM energy directory (kind 'energy', from "
                               "dlm-train experiment=edlm_nce_demo)")
     for p in energy.parameters():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dlm.errors import NonFiniteError
+from dlm.io.record import Family
 from dlm.train.ema import EMA
 from dlm.types import Objective
 
@@ -100,7 +101,8 @@ class DlmModule(L.LightningModule):
         nll_sum = self.all_gather(nll_sum).reshape(-1, 2).sum(0)
         nll = (nll_sum[0] / nll_sum[1].clamp(min=1)).item()
         self.log("val/nll", nll, prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self.log("val/ppl", math.exp(min(nll, 50.0)), sync_dist=False)
+        if self.objective.family is not Family.ENERGY:  # an energy's val/nll is its NCE loss: exp() of it is no perplexity
+            self.log("val/ppl", math.exp(min(nll, 50.0)), sync_dist=False)
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -22,10 +22,12 @@ from dlm.io.model_dir import load_model_dir
 from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import tokenizer_of
+from dlm.objectives.lsd import LSDLoss
 from dlm.train.callbacks import ExportModelDir, KeepLogHistory, TokenThroughput
 from dlm.train.config_checks import check_block_sizes, check_train_config
 from dlm.train.console import quiet_lightning
 from dlm.train.datamodule import TextDataModule
+from dlm.train.energy_init import energy_from_denoiser
 from dlm.train.module import DlmModule
 from dlm.train.resume import resolve_ckpt
 
@@ -119,6 +121,12 @@ def load_tokenizer_from(path: str):
 
 def run(cfg: DictConfig) -> dict:
     check_train_config(cfg)  # unknown top-level keys, non-positive counts: before anything is built
+    # --- LSD (issue 12): an objective that trains a sampler schedule of a frozen model has its own recipe
+    if issubclass(get_class(cfg.objective._target_), LSDLoss):
+        from dlm.train.lsd_run import run_lsd  # imports this module's helpers
+
+        return run_lsd(cfg)
+    # ---
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     quiet_lightning()
@@ -132,11 +140,18 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("init_from"):
         tokenizer, model_spec, state = init_from_model_dir(cfg.init_from, cfg.get("init_overrides") or {})
         model_spec = with_objective_reading(model_spec, objective, key="init_overrides")
-        model = build(model_spec)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ConfigError(f"init_overrides {cfg.init_overrides} change weight shapes of {cfg.init_from}: {e}") from e
+        if objective.family is Family.ENERGY:  # EDLM-NCE: an energy initialised from the denoiser, trained against it
+            model_spec, model, proposal = energy_from_denoiser(model_spec, state)
+            objective = instantiate(cfg.objective, proposal=proposal)
+        else:
+            model = build(model_spec)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ConfigError(f"init_overrides {cfg.init_overrides} change weight shapes of {cfg.init_from}: {e}") from e
+    elif objective.family is Family.ENERGY:
+        raise ConfigError("an energy (objective=nce) is initialised from, and trained against, a masked diffusion "
+                          "model: pass init_from=<diffusion model dir>")
     else:
         tokenizer = load_tokenizer_from(cfg.tokenizer_from) if cfg.get("tokenizer_from") else instantiate(cfg.tokenizer)
         model_spec = {**OmegaConf.to_container(cfg.model, resolve=True),

@@ -25,7 +25,9 @@ def test_experiment_composes_and_instantiates(experiment):
         # the architecture comes from the (converted) directory at run time; stand in with the
         # tiny model in the attention the objective needs
         assert "init_overrides" in cfg
-        arch = {"attention": objective.family.attention, "block_size": getattr(objective, "block_size", None)}
+        # (an energy, whose family has no attention, is initialised from a bidirectional diffusion model)
+        arch = {"attention": objective.family.attention or "bidirectional",
+                "block_size": getattr(objective, "block_size", None)}
     model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, **arch)
     check_compatible(model, objective, seq_len=cfg.data.seq_len)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

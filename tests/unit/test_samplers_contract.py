@@ -31,6 +31,11 @@ def sampler_for(name):
     if name == "edlm":  # the energy directory is mandatory (???): a fixed non-factorised energy stands in
         cfg = compose_config("train", ["+sampler=edlm"])
         return instantiate(cfg.sampler, energy=PairEnergy(L, V, MASK))
+    if name in ("lsd", "lsd_plus"):  # the schedule directory is mandatory (???): the identity schedule stands in
+        from dlm.samplers.learned_schedule import StepSchedule
+
+        cfg = compose_config("train", [f"+sampler={name}", "sampler.schedule=null"])
+        return instantiate(cfg.sampler, schedule=StepSchedule(4, learn_grid=name == "lsd_plus"))
     return build(name, window=6, stride=3) if name == "strided" else build(name)
 
 

@@ -23,6 +23,7 @@ from mocks import BigramAR, CachedContext, PairEnergy, RandomDenoiser
 from dlm.cli import CONF_DIR
 from dlm.models.block_policy import FixedBlockSize
 from dlm.models.transformer import Transformer
+from dlm.samplers.learned_schedule import StepSchedule
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "golden_samplers.json"
 SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml"))
@@ -42,10 +43,14 @@ def sampler_for(name: str):
         overrides.append("sampler.guidance=null")
     if name == "block_dynamic":
         overrides.append("sampler.block_size_policy=null")
+    if name in ("lsd", "lsd_plus"):  # the identity schedule: the 24-step ancestral sampler's samples, bit for bit
+        overrides.append("sampler.schedule=null")
     cfg = compose_config("train", overrides)
     extra = {"block_size_policy": FixedBlockSize(2)} if name == "block_dynamic" else {}
     if name == "edlm":  # a fixed non-factorised energy stands in for the AR / NCE model directory
         extra = {"energy": PairEnergy(L, V, MASK, seed=3)}
+    if name in ("lsd", "lsd_plus"):
+        extra = {"schedule": StepSchedule(24, learn_grid=name == "lsd_plus")}
     return instantiate(cfg.sampler, **extra)
 
 
