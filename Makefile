@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench block-recipe bench-block lint clean
+.PHONY: install demo test test-unit bench block-recipe bench-block bench-edlm lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ block-recipe: install
 
 bench-block: install
 	$(BIN)/dlm-bench block
+
+# EDLM vs the ancestral sampler: the demo RADD denoiser and AR energy; the NCE energy and the
+# independent judge are trained by the benchmark (runs/bench_edlm)
+bench-edlm: install
+	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
+	test -f runs/demo_ar/model/model.json || $(BIN)/dlm-train experiment=demo_ar run_dir=runs/demo_ar
+	$(BIN)/dlm-bench edlm
 
 lint: install
 	$(BIN)/ruff check dlm tests scripts

@@ -165,15 +165,13 @@ def eval_ppl(cfg: DictConfig) -> None:
 @command("sample", CONF_DIR + "/eval")
 def sample(cfg: DictConfig) -> None:
     """dlm-sample model=<dir> sampler=<name> num_samples=<n> length=<L> out=<file.jsonl>"""
-    from hydra.utils import instantiate
 
     from dlm.eval.sample_job import sample_to_jsonl
     from dlm.io.model_dir import load_model_dir
 
     # the sampler follows the schedule the model was trained with unless one is given
     loaded = load_model_dir(cfg.model)
-    extra = {"schedule": loaded.schedule} if cfg.sampler.get("schedule", "absent") is None else {}
-    sampler = instantiate(cfg.sampler, **extra)
+    sampler = instantiate_sampler(cfg.sampler, loaded.schedule)
     summary = sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
                               batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
                               out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len)
@@ -258,7 +256,6 @@ def sampler_from_conf(name: str, keys: dict, schedule) -> object:
     """conf/sampler/<name>.yaml with ``keys`` (sampler.<key>=value) applied, built; a ``schedule: null``
     becomes the schedule the model was trained with (as dlm-sample does)."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     def value(v: object) -> str:  # lm-eval has already typed model_args values; Hydra reads them back
         return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
@@ -266,9 +263,19 @@ def sampler_from_conf(name: str, keys: dict, schedule) -> object:
     overrides = [f"sampler={name}", *(f"sampler.{k}={value(v)}" for k, v in keys.items())]
     with initialize_config_dir(config_dir=CONF_DIR + "/eval", version_base="1.3"):
         cfg = compose(config_name="sample", overrides=overrides)
-    extra = {"schedule": schedule} if cfg.sampler.get("schedule", "absent") is None else {}
-    # given to the built partial, not to instantiate: Hydra would turn a (dataclass) schedule into a DictConfig
-    return instantiate(cfg.sampler, _partial_=True)(**extra)
+    return instantiate_sampler(cfg.sampler, schedule)
+
+
+def instantiate_sampler(sampler_cfg: DictConfig, schedule) -> object:
+    """The sampler of ``sampler_cfg``; ``schedule: null`` becomes ``schedule`` (the model's own).
+
+    The schedule goes to the built partial, not to ``instantiate``: Hydra turns a dataclass argument
+    into an empty config, which reads as "no schedule" and silently samples on the log-linear one.
+    """
+    from hydra.utils import instantiate
+
+    extra = {"schedule": schedule} if sampler_cfg.get("schedule", "absent") is None else {}
+    return instantiate(sampler_cfg, _partial_=True)(**extra)
 
 
 def option_value(args: list[str], name: str) -> str | None:

@@ -78,7 +78,7 @@ class DenoiseStep:
         if not isinstance(generator, RowGenerators):
             return self.tokens.draw(picked, mask_id, generator)
         chunks = picked.split(valid.sum(-1).tolist())
-        return torch.cat([self.tokens.draw(c, mask_id, g) for c, g in zip(chunks, generator.select(rows).generators)])
+        return torch.cat([self.tokens.draw(c, mask_id, g) for c, g in zip(chunks, generator.select(rows).generators, strict=True)])
 
     def commit(self, model: Denoiser, x: Tensor, t: Tensor | None, rows: Tensor, at: Tensor, valid: Tensor,
                generator: Generator, *, logit_scale: float | Tensor | None = None,

@@ -94,3 +94,15 @@ def test_bad_input_is_one_line_and_exit_2(dirs, case, args, message, tmp_path):
     assert proc.returncode == 2, (case, proc.stderr[-2000:])
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_the_sampler_follows_a_dataclass_schedule_of_the_model():
+    # regression: a schedule given to hydra's instantiate became an empty config and the sampler fell
+    # back to log-linear without a word
+    from omegaconf import OmegaConf
+
+    from dlm.cli import instantiate_sampler
+    from dlm.diffusion.schedule import CosineSchedule
+
+    cfg = OmegaConf.create({"_target_": "dlm.samplers.ancestral.AncestralSampler", "num_steps": 8, "schedule": None})
+    assert isinstance(instantiate_sampler(cfg, CosineSchedule()).schedule, CosineSchedule)
