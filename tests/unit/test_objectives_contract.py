@@ -37,6 +37,7 @@ from mocks import (
 from torch import Tensor, nn
 
 from dlm.cli import CONF_DIR
+from dlm.io.record import Family
 from dlm.models.classifier import SequenceClassifier
 from dlm.models.transformer import Transformer
 from dlm.objectives.ar import AutoregressiveLoss
@@ -53,7 +54,13 @@ REPEATS = 400  # independent batches for the in-expectation check
 
 
 def build(name: str):
-    return instantiate(compose_config("train", [f"objective={name}"]).objective)
+    objective = instantiate(compose_config("train", [f"objective={name}"]).objective)
+    if objective.family is Family.ENERGY:
+        # an energy objective (EDLM-NCE) trains a scalar energy against a frozen proposal, not a denoiser:
+        # its contract (exactly 2 log 2 at E = 0, ~0 for a separating energy, gradients, the frozen
+        # proposal) is tested in test_edlm_nce.py
+        pytest.skip(f"conf/objective/{name}.yaml trains an energy, not a denoiser: see test_edlm_nce.py")
+    return objective
 
 
 def token_batch(seed: int, high: int = MASK) -> dict[str, Tensor]:
