@@ -60,7 +60,7 @@ def train(args: list[str], run_dir: Path) -> Path:
 def gen_ppl_with_se(texts: list[str], judge) -> dict:
     """Pooled gen-PPL over samples and its standard error (ratio estimator, delta method)."""
     ids = [judge.encode(t) for t in texts]
-    per = [generative_perplexity_of_ids([s], judge) for s in ids]
+    per = [generative_perplexity_of_ids([s], judge, progress=False) for s in ids]  # one bar per text would flood
     nll = torch.tensor([p["nll"] * p["tokens"] for p in per], dtype=torch.float64)
     tok = torch.tensor([p["tokens"] for p in per], dtype=torch.float64)
     mean = float(nll.sum() / tok.sum())

@@ -185,12 +185,14 @@ def scored_sequences(id_lists: Sequence[Sequence[int]], judge: Judge, *,
 
 @torch.no_grad()
 def generative_perplexity_of_ids(id_lists: Sequence[Sequence[int]], judge: Judge, *, batch_size: int = 8,
-                                 max_len: int | None = None) -> dict:
-    """``generative_perplexity`` on texts already encoded by ``judge.encode``."""
+                                 max_len: int | None = None, progress: bool = True) -> dict:
+    """``generative_perplexity`` on texts already encoded by ``judge.encode``; ``progress=False`` hides the
+    bar (a caller scoring one text at a time keeps its own console quiet)."""
     rows = sorted(scored_sequences(id_lists, judge, max_len=max_len), key=lambda r: -len(r[0]))
     nll_sum, weight_sum = 0.0, 0.0
     batches = range(0, len(rows), batch_size)
-    for start in tqdm(batches, desc="gen ppl", total=len(batches), dynamic_ncols=True, leave=False):
+    for start in tqdm(batches, desc="gen ppl", total=len(batches), dynamic_ncols=True, leave=False,
+                      disable=not progress):
         chunk = rows[start : start + batch_size]
         T = len(chunk[0][0])
         # right padding: the judge is causal, so a pad never changes the logits of the tokens before it
