@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 
 from dlm.errors import ConfigError
 from dlm.eval.sample_job import decode_sample, prompt_ids
@@ -50,6 +51,25 @@ class KeepLogHistory(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, AppendingCSVLogger):
                 logger.keep_before(trainer.global_step)
+
+
+class StepRowBeforeCheckpoint(L.Callback):
+    """Writes this optimizer step's train metrics to metrics.csv before ModelCheckpoint (always the last
+    callback) can save a checkpoint of the step. Lightning would log them only after every
+    ``on_train_batch_end`` hook, so a SIGKILL between a step-interval checkpoint and that log lost the
+    row: the resumed run starts at the next step. Must come after every callback that logs train metrics."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, AppendingCSVLogger)]
+        connector = trainer._logger_connector  # the values Lightning is about to log for this step
+        if not loggers or trainer.fit_loop._should_accumulate() or not connector.should_update_logs:
+            return
+        metrics = convert_tensors_to_scalars(connector.metrics["log"])
+        if not metrics:
+            return
+        metrics.setdefault("epoch", trainer.current_epoch)  # as Lightning's own row has it
+        for logger in loggers:
+            logger.write_step_row(metrics, trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
 class ExportModelDir(L.Callback):

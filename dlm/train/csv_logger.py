@@ -5,6 +5,12 @@ the rows from its resume step on. This logger appends instead; at the start of t
 ``KeepLogHistory`` (dlm.train.callbacks) drops the rows from the checkpoint's step on, which the
 interrupted run wrote after its checkpoint and the resumed run logs again, so every step appears
 once, exactly as in an uninterrupted run.
+
+Lightning logs a step's train metrics *after* the ``on_train_batch_end`` hooks, where ModelCheckpoint
+saves a step-interval checkpoint, so a kill between the checkpoint and the log lost that step's row for
+good (the resumed run starts after it). ``StepRowBeforeCheckpoint`` (dlm.train.callbacks) writes the row
+first through ``write_step_row``; when Lightning then logs the same step, only keys not yet written (or
+with a different value) make a row, so every step still appears once.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class AppendingWriter(ExperimentWriter):
 class AppendingCSVLogger(CSVLogger):
     """``lightning.pytorch.loggers.CSVLogger`` whose metrics.csv is appended to across resumes."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._early: tuple[int | None, dict[str, float]] = (None, {})  # the row write_step_row wrote
+
     @property
     @rank_zero_experiment
     def experiment(self) -> AppendingWriter:
@@ -56,3 +66,21 @@ class AppendingCSVLogger(CSVLogger):
     @rank_zero_only
     def keep_before(self, step: int) -> None:
         self.experiment.keep_before(step)
+
+    @rank_zero_only
+    def write_step_row(self, metrics: dict[str, float], step: int) -> None:
+        """Log and flush ``metrics`` of ``step`` now (ahead of Lightning), remembering them."""
+        super().log_metrics(metrics, step)
+        self.save()
+        self._early = (step, dict(metrics))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        early_step, early = self._early
+        if step is not None and step == early_step:
+            # the same step's row was written by write_step_row: keep only what it did not hold
+            metrics = {k: v for k, v in metrics.items() if k not in early or early[k] != v}
+            self._early = (None, {})
+            if set(metrics) <= {"epoch"}:
+                return
+        super().log_metrics(metrics, step)

@@ -44,7 +44,7 @@ from dlm.io.record import Family
 from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
 from dlm.objectives.lsd import LSDLoss
 from dlm.samplers.canvas import init_canvas
-from dlm.train.callbacks import KeepLogHistory
+from dlm.train.callbacks import KeepLogHistory, StepRowBeforeCheckpoint
 from dlm.train.console import quiet_lightning
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
@@ -193,7 +193,7 @@ def run_lsd(cfg: DictConfig) -> dict:
             "length": int(cfg.data.seq_len)}
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [ExportSchedule(path=run_dir / "schedule", meta=meta), KeepLogHistory()]
+    callbacks += [ExportSchedule(path=run_dir / "schedule", meta=meta), KeepLogHistory(), StepRowBeforeCheckpoint()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
                           default_root_dir=str(run_dir), use_distributed_sampler=False)

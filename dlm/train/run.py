@@ -23,7 +23,7 @@ from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import tokenizer_of
 from dlm.objectives.lsd import LSDLoss
-from dlm.train.callbacks import ExportModelDir, KeepLogHistory, TokenThroughput
+from dlm.train.callbacks import ExportModelDir, KeepLogHistory, StepRowBeforeCheckpoint, TokenThroughput
 from dlm.train.config_checks import check_block_sizes, check_train_config
 from dlm.train.console import quiet_lightning
 from dlm.train.datamodule import TextDataModule
@@ -183,7 +183,8 @@ def run(cfg: DictConfig) -> dict:
         config_yaml=config_yaml,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [TokenThroughput(), export, KeepLogHistory()]
+    # StepRowBeforeCheckpoint after every callback that logs train metrics (ModelCheckpoint is moved last)
+    callbacks += [TokenThroughput(), export, KeepLogHistory(), StepRowBeforeCheckpoint()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
                           default_root_dir=str(run_dir), use_distributed_sampler=False)

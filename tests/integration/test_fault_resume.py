@@ -1,7 +1,7 @@
 """Fault tests: a training process killed with SIGKILL, resumed, ends exactly where an uninterrupted run does.
 
 For validation-time checkpoints (the default ``callbacks.checkpoint``), step-interval checkpoints
-(``+callbacks.checkpoint.every_n_train_steps``) and a corrupt ``last.ckpt`` after the kill (the run
+(``callbacks.checkpoint.every_n_train_steps``) and a corrupt ``last.ckpt`` after the kill (the run
 falls back to the newest readable checkpoint and says so): every logged train loss, learning rate and
 validation NLL equals the uninterrupted run's, and ``logs/metrics.csv`` holds the whole history, each
 step once.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 24
 COMMON = ["debug=tiny", f"trainer.max_steps={STEPS}", "trainer.val_check_interval=4", "trainer.limit_val_batches=2"]
-STEP_INTERVAL = ["callbacks.checkpoint.monitor=null", "+callbacks.checkpoint.every_n_train_steps=3"]
+STEP_INTERVAL = ["callbacks.checkpoint.monitor=null", "callbacks.checkpoint.every_n_train_steps=3"]
 COMPARED = ("train/loss", "train/mask_rate", "lr-AdamW/pg1", "val/nll", "val/ppl")  # not timings (tokens/s)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
@@ -82,11 +82,7 @@ def assert_same_history(resumed: dict, full: dict) -> None:
             assert float(got) == pytest.approx(float(want), rel=1e-6, abs=1e-7), (key, step, got, want)
 
 
-# step_interval: a known race (issue 14 note): Lightning logs a step's train metrics after that step's
-# checkpoint is written, so a SIGKILL between the two loses the row for good; kept running, not strict,
-# until the metrics are flushed before the checkpoint
-@pytest.mark.parametrize("checkpoints", ["validation", pytest.param("step_interval", marks=pytest.mark.xfail(
-    reason="known race: a kill between the checkpoint and the CSV flush loses that step's row", strict=False))])
+@pytest.mark.parametrize("checkpoints", ["validation", "step_interval"])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, checkpoints):
     extra = STEP_INTERVAL if checkpoints == "step_interval" else []
     run_dir = tmp_path / "killed"
@@ -94,6 +90,39 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
     if checkpoints == "step_interval":
         assert step % 3 == 0, step
     train(run_dir, *extra, "ckpt_path=last")
+    assert_same_history(history(run_dir), uninterrupted)
+
+
+KILLER = """
+import os, signal
+from lightning.pytorch.callbacks import Checkpoint
+
+class KillAfterCheckpoint(Checkpoint):
+    # a Checkpoint, so Lightning runs it after the run's ModelCheckpoint: it kills the process just after
+    # the step-interval checkpoint of `step` is written, before Lightning logs that step's train metrics
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_kill_right_after_a_step_checkpoint_keeps_that_steps_row(tmp_path, uninterrupted):
+    """The worst moment, made deterministic: SIGKILL between the checkpoint of step 3 and Lightning's log
+    of its metrics. The row must already be on disk (StepRowBeforeCheckpoint); without it the row of
+    step 2 is missing from the resumed history (this failed before the fix)."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    run_dir = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=killer.KillAfterCheckpoint", "+callbacks.kill.step=3"]
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")]))}
+    proc = subprocess.run([str(BIN / "dlm-train"), *COMMON, f"run_dir={run_dir}", *STEP_INTERVAL, *kill], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    train(run_dir, *STEP_INTERVAL, "ckpt_path=last")
     assert_same_history(history(run_dir), uninterrupted)
 
 
