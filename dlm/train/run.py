@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlm.errors import CheckpointError, ConfigError
 from dlm.io.atomic import write_text_atomic
-from dlm.io.model_dir import load_model_dir
+from dlm.io.model_dir import load_model_dir, read_record
 from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import tokenizer_of
+from dlm.objectives.drakes import DrakesLoss
 from dlm.objectives.lsd import LSDLoss
 from dlm.train.callbacks import ExportModelDir, KeepLogHistory, StepRowBeforeCheckpoint, TokenThroughput
 from dlm.train.config_checks import check_block_sizes, check_train_config
@@ -127,6 +128,15 @@ def run(cfg: DictConfig) -> dict:
 
         return run_lsd(cfg)
     # ---
+    # --- DRAKES (issue 13): reward fine-tuning against a frozen copy of init_from has its own recipe
+    if issubclass(get_class(cfg.objective._target_), DrakesLoss):
+        from dlm.train.drakes_run import run_drakes  # imports this module's helpers
+
+        return run_drakes(cfg)
+    if cfg.get("reward") is not None:
+        raise ConfigError(f"reward={cfg.reward.get('_target_')} is read only by reward fine-tuning "
+                          "(objective=drakes, e.g. experiment=drakes_dna_demo); drop reward= for this objective")
+    # ---
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     quiet_lightning()
@@ -199,7 +209,8 @@ def run(cfg: DictConfig) -> dict:
         "run_dir": str(run_dir),
         "model_dir": str(run_dir / "model"),
         "checkpoint": str(ckpt_dir / "last.ckpt"),
-        "step": trainer.global_step,
+        # the exported weights' step: under ddp_spawn the launching process's trainer never advances
+        "step": read_record(run_dir / "model")[0].step if (run_dir / "model").exists() else trainer.global_step,
         "kind": objective.family.kind,
         **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))},
     }

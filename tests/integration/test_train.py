@@ -65,6 +65,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
                                            "trainer.max_steps=3", "global_batch_size=16", "batch_size=4"]))
     loaded = dlm.load(summary["model_dir"])
     assert loaded.meta["step"] == 3
+    assert summary["step"] == 3  # the launching process of ddp_spawn never steps its own trainer (read 0)
     cfg = compose_config("train", ["debug=tiny", "trainer=ddp_cpu", "global_batch_size=12", "batch_size=4"])
     from dlm.errors import ConfigError
     from dlm.train.run import accumulation, world_size
