@@ -61,6 +61,17 @@ class NoiseSchedule(Protocol):
 
 Attention = Literal["bidirectional", "causal", "block_causal"]
 
+# How an AR model's next-token distribution is normalised (model.json ``ar_softmax``, kind "ar" only):
+#   "full"          softmax over every row of the output head, mask row included: a converted HF causal
+#                   LM whose mask sits on one of its own rows (a spare row or a token), exactly as
+#                   ``transformers`` normalises it;
+#   "without_mask"  the mask column is removed before the softmax: dlm's AR objective trains this way
+#                   (``dlm.objectives.ar``; scored by ``dlm.nn.next_token.next_token_nll``), and a HF model whose mask row dlm-convert appended has no
+#                   such row, so its distribution is over the others.
+# dlm-train and dlm-convert write it; exact perplexity and judges read it, so a model is always scored
+# the way its distribution is defined.
+ArSoftmax = Literal["full", "without_mask"]
+
 
 @runtime_checkable
 class AttentionCache(Protocol):

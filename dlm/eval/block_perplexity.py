@@ -22,10 +22,9 @@ from dlm.diffusion.forward import mask_tokens
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.eval.perplexity import PerSequence
 from dlm.eval.strata import Method, stratified_uniforms
-from dlm.io.record import ArSoftmax
 from dlm.nn.block_mask import segment_ids
 from dlm.objectives.block import block_denoise_nll, block_layout, block_targets
-from dlm.types import Denoiser, NoiseSchedule
+from dlm.types import ArSoftmax, Denoiser, NoiseSchedule
 
 
 def mask_exactly_k_per_segment(x0: Tensor, seg: Tensor, k: Tensor, mask_id: int, *, eligible: Tensor,

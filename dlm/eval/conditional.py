@@ -32,10 +32,9 @@ from dlm.diffusion.forward import mask_exactly_k, mask_tokens
 from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.eval.strata import Method, stratified_uniforms
-from dlm.io.record import ArSoftmax
-from dlm.objectives.ar import next_token_nll
+from dlm.nn.next_token import next_token_nll
 from dlm.samplers.confidence import ConfidenceSampler
-from dlm.types import Denoiser, NoiseSchedule
+from dlm.types import ArSoftmax, Denoiser, NoiseSchedule
 
 
 @dataclass(frozen=True)

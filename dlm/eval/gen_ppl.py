@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dlm.errors import CheckpointError, ConfigError, NonFiniteError
-from dlm.io.record import ArSoftmax
+from dlm.types import ArSoftmax
 
 
 class Judge(Protocol):
@@ -39,6 +39,7 @@ class Judge(Protocol):
     """
 
     name: str
+    model: nn.Module  # the network that scores (its fingerprint goes in the result's provenance)
     bos_id: int | None
     eos_id: int | None
     max_len: int | None

@@ -27,11 +27,10 @@ from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.errors import NonFiniteError
 from dlm.eval.strata import Method, stratified_uniforms
-from dlm.io.record import ArSoftmax
 from dlm.nn.attention import padding_mask_to_attn_mask
-from dlm.objectives.ar import next_token_nll
+from dlm.nn.next_token import next_token_nll
 from dlm.objectives.masked import target_positions
-from dlm.types import Denoiser, NoiseSchedule
+from dlm.types import ArSoftmax, Denoiser, NoiseSchedule
 
 PerSequence = tuple[Tensor, Tensor | None, Tensor]  # nll (B,), its Monte Carlo variance (B,) or None, tokens (B,)
 

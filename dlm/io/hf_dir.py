@@ -29,7 +29,8 @@ from dlm.convert.hf_tokenizer import MASK_TOKEN, export_tokenizer, source_tokeni
 from dlm.errors import ConfigError
 from dlm.io.atomic import atomic_dir
 from dlm.io.model_dir import load_model_dir, save_model_dir
-from dlm.io.record import ArSoftmax, Family, checked_ar_softmax
+from dlm.io.record import Family, checked_ar_softmax
+from dlm.types import ArSoftmax
 
 SCHEDULE = {"_target_": "dlm.diffusion.schedule.LogLinearSchedule"}  # the default of objective=block
 CONVERSION_FILE = "dlm_conversion.json"  # written by dlm_to_hf beside the HF weights

@@ -12,22 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from dlm.errors import CheckpointError
-from dlm.types import Attention
+from dlm.types import ArSoftmax, Attention
 
-# How an AR model's next-token distribution is normalised (model.json ``ar_softmax``, kind "ar" only):
-#   "full"          softmax over every row of the output head, mask row included: a converted HF causal
-#                   LM whose mask sits on one of its own rows (a spare row or a token), exactly as
-#                   ``transformers`` normalises it;
-#   "without_mask"  the mask column is removed before the softmax: dlm's AR objective trains this way
-#                   (``dlm.objectives.ar``), and a HF model whose mask row dlm-convert appended has no
-#                   such row, so its distribution is over the others.
-# dlm-train and dlm-convert write it; exact perplexity and judges read it, so a model is always scored
-# the way its distribution is defined.
-ArSoftmax = Literal["full", "without_mask"]
-AR_SOFTMAX: tuple[str, ...] = get_args(ArSoftmax)
+AR_SOFTMAX: tuple[str, ...] = get_args(ArSoftmax)  # ArSoftmax: dlm.types (what each value means)
 
 
 class Family(Enum):

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from dlm.errors import ConfigError
 from dlm.models.transformer import Transformer
+from dlm.nn.next_token import next_token_nll
 from dlm.types import Denoiser
 
 
@@ -67,10 +68,8 @@ def ar_log_likelihoods(ar: Denoiser, x0: Tensor, *, without_mask: bool) -> Tenso
     ``without_mask``: the mask column is removed before the softmax (dlm's AR objective trains so;
     ``ar_softmax="without_mask"`` in the AR model's record), else the full row is normalised.
     """
-    logits = ar(x0[:, :-1]).float()
-    if without_mask:
-        logits = logits.index_fill(-1, torch.tensor([ar.mask_id], device=logits.device), float("-inf"))
-    return logits.log_softmax(-1).gather(-1, x0[:, 1:, None])[..., 0]
+    # the last position predicts nothing in x0: next_token_nll drops its logits
+    return -next_token_nll(ar(x0), x0, ar.mask_id, "without_mask" if without_mask else "full")
 
 
 class ARResidualEnergy(nn.Module):

@@ -22,23 +22,24 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dlm.objectives.ar import next_token_nll
-from dlm.types import SampleOutput
+from dlm.nn.next_token import next_token_nll
+from dlm.types import ArSoftmax, SampleOutput
 
 RewardFn = Callable[[Tensor], Tensor]  # tokens (B, L) long -> reward (B,)
 BlockSampler = Callable[..., SampleOutput]  # sampler(model, batch_size=, length=, prompt=, generator=)
 
 
 class ARLogLikelihood:
-    """reward(tokens (B, L)) = mean_{i ≥ 1} log p_AR(x_i | x_{<i}), (B,): per-token log-likelihood."""
+    """reward(tokens (B, L)) = mean_{i ≥ 1} log p_AR(x_i | x_{<i}), (B,): per-token log-likelihood,
+    normalised as the AR model was trained (``ar_softmax`` of its model directory's record)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, *, ar_softmax: ArSoftmax = "without_mask") -> None:
+        self.model, self.ar_softmax = model, ar_softmax
 
     @torch.no_grad()
     def __call__(self, tokens: Tensor) -> Tensor:
         logits = self.model(tokens, None)
-        return -next_token_nll(logits, tokens, self.model.mask_id).mean(-1)
+        return -next_token_nll(logits, tokens, self.model.mask_id, self.ar_softmax).mean(-1)
 
 
 def rollout_metrics(out: SampleOutput, reward_fn: RewardFn, *, step_cost: float, length: int,

@@ -85,7 +85,7 @@ def train_block_policy(
 
     torch.manual_seed(seed)
     policy = BlockSizePolicy(sizes=sizes, dim=denoiser.model.dim, hidden_dim=hidden_dim).to(device)
-    reward_fn = ARLogLikelihood(judge.model)
+    reward_fn = ARLogLikelihood(judge.model, ar_softmax=judge.record.ar_softmax)
     trainer = BlockPolicyTrainer(policy=policy, sampler=make_sampler(policy), model=denoiser.model,
                                  batch_size=batch_size, length=length, prompt=prompt_t, reward_fn=reward_fn,
                                  step_cost=step_cost, baseline_momentum=baseline_momentum,

@@ -87,6 +87,10 @@ def test_default_reward_is_ar_per_token_log_likelihood():
     tokens = torch.randint(0, 5, (3, 6))
     log_p = ar(tokens)[:, :-1, :5].log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1).mean(-1)
     torch.testing.assert_close(ARLogLikelihood(ar)(tokens), log_p)
+    # a judge whose record says "full" (a converted HF model) is normalised over every row, mask included
+    full = ar(tokens)[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1).mean(-1)
+    torch.testing.assert_close(ARLogLikelihood(ar, ar_softmax="full")(tokens), full)
+    assert not torch.allclose(full, log_p)  # the two normalisations differ on this model
     policy = BlockSizePolicy(sizes=[2, 4], dim=DIM)
     trainer = BlockPolicyTrainer(policy=policy, sampler=FakeBlockSampler(policy), model=None, batch_size=2,
                                  length=8, ar_model=ar)

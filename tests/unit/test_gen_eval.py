@@ -15,7 +15,7 @@ from dlm.eval.gen_ppl import eos_weights, generative_perplexity, load_judge, sco
 from dlm.io.model_dir import save_model_dir
 from dlm.io.record import Family
 from dlm.io.spec import build
-from dlm.objectives.ar import next_token_nll
+from dlm.nn.next_token import next_token_nll
 
 EOT = "<|endoftext|>"
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "the bird sang a song",
