@@ -3,11 +3,17 @@ run summaries) is written under a temporary sibling name and renamed onto its pa
 
 A crash, an exception or Ctrl-C leaves the previous file or directory (or nothing) in place and
 no temporary behind: readers never see a half-written output (DESIGN §7). The temporary lives in
-the destination's folder, so the final ``os.replace`` is a rename on one file system.
+the destination's folder, so the final ``os.replace`` is a rename on one file system. A directory
+replacing an existing one is swapped in with one ``renameat2(RENAME_EXCHANGE)`` call (Linux), so
+even a SIGKILL at that moment leaves a complete directory, old or new, at the path (a kill can leave
+the old one under a dot-name beside it, never a partial one under the final name).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -28,12 +34,45 @@ def _staged(path: Path, make: Callable[[Path], Path], discard: Callable[[Path], 
     tmp = make(path.parent)
     try:
         yield tmp
-        if replaces_dir and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _publish(tmp, path, replaces_dir=replaces_dir)
     except BaseException:
         discard(tmp)
         raise
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 (Linux, glibc >= 2.28), or None where the C library has no such symbol."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _publish(tmp: Path, path: Path, *, replaces_dir: bool) -> None:
+    """Put the finished ``tmp`` at ``path``. A file: ``os.replace``. A directory over an existing one:
+    exchanged in one call where the OS allows (the old one, now at ``tmp``, is then removed); elsewhere
+    the old one is renamed aside first, then removed."""
+    if replaces_dir and path.is_dir() and not path.is_symlink():
+        if _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, aside / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    os.replace(tmp, path)
 
 
 @contextmanager

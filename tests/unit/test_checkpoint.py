@@ -198,6 +198,25 @@ def test_atomic_writers_leave_nothing_half_written(tmp_path):
     assert (tmp_path / "d" / "new").is_file()
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename_aside"])
+def test_a_directory_replaces_an_existing_one_whole(tmp_path, monkeypatch, exchange):
+    """Both ways of swapping a directory in (one exchange call; the fallback that renames the old one
+    aside first) leave the new directory complete and no temporary or old copy behind."""
+    import dlm.io.atomic as atomic
+
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    elif atomic._renameat2() is None:
+        pytest.skip("this C library has no renameat2")
+    for version in ("old", "new"):
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "weights").write_text(version)
+            (tmp / version).write_text("")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["new", "weights"]
+    assert (tmp_path / "d" / "weights").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
 def test_extra_may_not_shadow_typed_fields(tmp_path):
     tok = CharTokenizer()
     spec = {**SPEC, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
