@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlm.data.hub_reach import datasets_offline_unless_reachable
 from dlm.errors import ConfigError, OfflineError
 
 SPLITS = ("train", "validation", "test")
@@ -244,6 +245,16 @@ def _jsonl_documents(path: Path, text_field: str, keys: SourceKeys) -> Iterator[
 _SLICE = re.compile(r"^(\w+)\[(-?\d*):(-?\d*)\]$")
 
 
+def _load_split(datasets, spec: HFDataset, expr: str, sliced: re.Match | None, streaming: bool, source: str):
+    """``datasets.load_dataset`` of one split expression (``train``, ``train[:1000]``)."""
+    if streaming and sliced:
+        # datasets cannot slice a split while streaming: stream the whole split, then skip/take
+        ds = datasets.load_dataset(spec.path, spec.config, split=sliced.group(1), streaming=True,
+                                   revision=spec.revision)
+        return _slice_stream(ds, source, expr, sliced)
+    return datasets.load_dataset(spec.path, spec.config, split=expr, streaming=streaming, revision=spec.revision)
+
+
 def _hub_documents(
     source: str, spec: HFDataset, split: str, text_field: str | None, streaming: bool, keys: SourceKeys
 ) -> Iterator[str]:
@@ -253,16 +264,8 @@ def _hub_documents(
     expr = spec.splits[split]
     sliced = _SLICE.match(expr)
     try:
-        if streaming and sliced:
-            # datasets cannot slice a split while streaming: stream the whole split, then skip/take
-            ds = datasets.load_dataset(
-                spec.path, spec.config, split=sliced.group(1), streaming=True, revision=spec.revision
-            )
-            ds = _slice_stream(ds, source, expr, sliced)
-        else:
-            ds = datasets.load_dataset(
-                spec.path, spec.config, split=expr, streaming=streaming, revision=spec.revision
-            )
+        with datasets_offline_unless_reachable():
+            ds = _load_split(datasets, spec, expr, sliced, streaming, source)
     except OSError as err:  # ConnectionError, DatasetNotFoundError and friends are all OSErrors
         raise OfflineError(
             f"could not load dataset {source!r} ({spec.path}, split {expr!r}) from the Hugging Face hub: the hub is "

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dlm.data.hub_reach import datasets_offline_unless_reachable
 from dlm.errors import ConfigError, OfflineError
 
 
@@ -89,7 +90,8 @@ def _hub_rows(source: str, split: str, text_field: str, label_field: str) -> Ite
     import datasets
 
     try:
-        ds = datasets.load_dataset(source, split=split)
+        with datasets_offline_unless_reachable():
+            ds = datasets.load_dataset(source, split=split)
     except OSError as err:
         raise OfflineError(f"could not load labelled dataset {source!r} split {split!r} from the Hugging Face hub "
                            f"({err}); use a local file: data.source=/path/to/file.jsonl") from err
