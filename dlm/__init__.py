@@ -5,9 +5,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(path, **overrides):
+def load(path, revision=None, **overrides):
     """Load an exported model directory: returns a ``dlm.io.model_dir.LoadedModel`` (model in eval mode,
     tokenizer, schedule, typed ``record``, ``meta``).
+
+    ``path`` may be a Hugging Face Hub repo id, ``"org/name"`` or ``"org/name@<revision>"`` (or
+    ``revision=`` a branch, tag or commit): its snapshot is fetched into the HF cache (or read from it
+    offline) and loaded the same way; an existing local directory of that name always wins
+    (``dlm.io.hub.resolve_model_path``).
 
     ``overrides`` are the settings that are safe after training (``dlm.io.overrides``): ``rope_scaling``
     ("none", "ntk:<factor>", "ntk_auto:<target_len>" or a ``dlm.nn.rope`` value), ``max_seq_len``,
@@ -19,4 +24,4 @@ def load(path, **overrides):
     from dlm.io.overrides import check_override_names
 
     check_override_names(overrides)
-    return load_model_dir(path, **overrides)
+    return load_model_dir(path, revision=revision, **overrides)

@@ -126,7 +126,9 @@ def train(cfg: DictConfig) -> None:
     """dlm-train experiment=<name> key=value ..."""
     from dlm.train.run import run
 
-    _print_json(run(cfg))
+    summary = run(cfg)
+    if summary is not None:  # None on the non-zero ranks of a multi-process run
+        _print_json(summary)
 
 
 def data_settings(data: str, conf_dir: Path = Path(CONF_DIR)) -> dict:
@@ -169,6 +171,9 @@ def sample(cfg: DictConfig) -> None:
     from dlm.eval.sample_job import sample_to_jsonl
     from dlm.io.model_dir import load_model_dir
 
+    if cfg.get("info", False):  # sampler=lsd(_plus) sampler.schedule.path=<dir> info=true: the schedule, no sampling
+        print_schedule_info(cfg)
+        return
     # the sampler follows the schedule the model was trained with unless one is given
     loaded = load_model_dir(cfg.model)
     sampler = instantiate_sampler(cfg.sampler, loaded.schedule)
@@ -180,6 +185,25 @@ def sample(cfg: DictConfig) -> None:
     if isinstance(sampler, LearnedScheduleSampler):  # LSD: the learned grid and per-step scalars it sampled with
         summary["learned_schedule"] = sampler.learned
     _print_json(summary)
+
+
+def print_schedule_info(cfg: DictConfig) -> None:
+    """``dlm-sample ... info=true``: the learned grid and per-step scalars of ``sampler.schedule.path`` as a
+    table, then its JSON line; the model (when given) is only loaded to compare fingerprints."""
+    from omegaconf import OmegaConf
+
+    from dlm.errors import ConfigError
+    from dlm.eval.schedule_info import schedule_info, schedule_table
+    from dlm.io.model_dir import load_model_dir
+
+    path = OmegaConf.select(cfg, "sampler.schedule.path", default=None)
+    if not isinstance(path, str) or OmegaConf.is_missing(cfg.sampler.schedule, "path"):
+        raise ConfigError("info=true prints a learned sampler schedule: pass sampler=lsd (or lsd_plus) "
+                          "sampler.schedule.path=<schedule dir>")
+    model = None if OmegaConf.is_missing(cfg, "model") else load_model_dir(cfg.model).model
+    info = schedule_info(path, model)
+    print(schedule_table(info), flush=True)
+    _print_json(info)
 
 
 @command("eval_gen", CONF_DIR + "/eval")
@@ -199,6 +223,15 @@ def convert(cfg: DictConfig) -> None:
     _print_json(run_convert(str(cfg.src), str(cfg.dst), direction=cfg.direction, attention=cfg.attention,
                             block_size=cfg.block_size, mask_id=cfg.mask_id, model_type=cfg.model_type,
                             mask_token=cfg.mask_token, overwrite=bool(cfg.overwrite)))
+
+
+@command("push", CONF_DIR + "/eval")
+def push(cfg: DictConfig) -> None:
+    """dlm-push model=<model dir> repo=<org/name> [private=true revision=<branch> dry_run=true]"""
+    from dlm.io.push import push_model_dir
+
+    _print_json(push_model_dir(cfg.model, cfg.repo, private=bool(cfg.private), revision=cfg.revision,
+                               commit_message=cfg.commit_message, dry_run=bool(cfg.dry_run)))
 
 
 @command("demo")
@@ -275,6 +308,9 @@ def instantiate_sampler(sampler_cfg: DictConfig, schedule) -> object:
     from hydra.utils import instantiate
 
     extra = {"schedule": schedule} if sampler_cfg.get("schedule", "absent") is None else {}
+    base_cfg = sampler_cfg.get("base")
+    if isinstance(base_cfg, DictConfig) and "_target_" in base_cfg:  # a wrapper (best_of_n): its base gets it too
+        extra["base"] = instantiate_sampler(base_cfg, schedule)
     return instantiate(sampler_cfg, _partial_=True)(**extra)
 
 
@@ -320,7 +356,7 @@ def lm_eval_main() -> None:
 
 COMMANDS: dict[str, Callable[[], None]] = {
     "train": train, "eval-ppl": eval_ppl, "sample": sample, "eval-gen": eval_gen, "convert": convert,
-    "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main,
+    "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main, "push": push,
 }
 
 

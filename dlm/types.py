@@ -128,6 +128,15 @@ class Denoiser(Protocol):
                  return_hidden: bool = False) -> Tensor: ...
 
 
+@runtime_checkable
+class Shardable(Protocol):
+    """A network that says how it is sharded (FSDP2, ``trainer=fsdp``): ``shard_units()`` lists the
+    submodules that become one sharding unit each (a transformer's blocks), in forward order; the
+    rest (embeddings, head) is sharded with the root. Taken from the model, not from a class list."""
+
+    def shard_units(self) -> list: ...
+
+
 DENOISER_ATTRIBUTES = ("vocab_size", "mask_id", "time_conditioned", "attention", "block_size", "max_seq_len",
                        "shift_logits")
 

@@ -42,9 +42,10 @@ class OracleDenoiser(MockDenoiser):
 
     def forward(self, xt: Tensor, t: Tensor | None = None, **_) -> Tensor:
         x0 = self.x0[:, : xt.shape[1]]  # windows of a strided sampler see a prefix-length canvas
-        if xt.shape[0] == x0.shape[0]:
+        if xt.shape[0] == x0.shape[0] and bool(((xt == self.mask_id) | (xt == x0)).all()):
             target = x0
-        else:  # a sampler evaluated a subset of rows: find each row's sequence by its visible tokens
+        else:  # a subset of rows, or repeated rows (particles, candidates): find each row's sequence by its
+            # visible tokens
             agree = ((xt[:, None] == self.mask_id) | (xt[:, None] == x0[None])).all(-1)
             target = x0[agree.float().argmax(-1)]
         logits = torch.full((*xt.shape, self.vocab_size), -1e4)
@@ -397,3 +398,49 @@ class PairEnergy(nn.Module):
         self.calls += 1
         unary = self.a[torch.arange(x0.shape[1])[None], x0].sum(-1)
         return unary + self.b[x0[:, :-1], x0[:, 1:]].sum(-1)
+
+
+# ---------------------------------------------------------------- rewards (sequence design)
+class TableReward:
+    """A reward over every sequence of ``alphabet``^L from a table, read as its multilinear extension:
+    r(probs) = sum_x table[x] prod_l probs[l, x_l] (exact on one-hots, differentiable, any soft input).
+    table: (K,)*L; probs (B, L, V) over the model vocabulary (letters first). ``calls`` counts batched calls."""
+
+    differentiable = True
+
+    def __init__(self, table: Tensor, alphabet: str = "abc") -> None:
+        self.table, self.alphabet, self.length = table.double(), alphabet, table.dim()
+        self.calls = 0
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        self.calls += 1
+        p = probs[..., : len(self.alphabet)].double()
+        out = self.table[None].expand(p.shape[0], *self.table.shape)
+        for pos in range(self.length):  # contract one position at a time: (B, K, ..., K) -> (B, K, ...)
+            out = torch.einsum("bk...,bk->b...", out, p[:, pos])
+        return out.float()
+
+
+class LinearReward:
+    """r(probs) = sum_l W[l] . probs[l, :K]: linear in the one-hot (first-order guidance is exact for it)."""
+
+    differentiable = True
+
+    def __init__(self, weights: Tensor, alphabet: str = "abc") -> None:
+        self.w, self.alphabet, self.length = weights.float(), alphabet, weights.shape[0]
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        return (probs[..., : len(self.alphabet)].float() * self.w[: probs.shape[1]]).sum((1, 2))
+
+
+class ConstantReward:
+    """The same reward for every sequence (SMC must then be the base sampler). Not differentiable on purpose."""
+
+    differentiable = False
+    length = None
+
+    def __init__(self, value: float = 3.0, alphabet: str = "abc") -> None:
+        self.value, self.alphabet = value, alphabet
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        return torch.full((probs.shape[0],), self.value)

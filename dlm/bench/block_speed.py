@@ -23,6 +23,7 @@ import torch
 
 from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import provenance
 from dlm.io.spec import build
 
 
@@ -125,7 +126,10 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
         if r["gen_tokens"] in nocache:
             r["speedup_vs_nocache"] = r["tokens_per_s"] / nocache[r["gen_tokens"]]
     report = {"task": "block", "ar_hf": ar_hf, "block_model": block_model, "threads": threads,
-              "torch": torch.__version__, "prompt_tokens": prompt_tokens, "prompts": len(prompts), "rounds": rounds, "rows": rows}
+              "torch": torch.__version__, "prompt_tokens": prompt_tokens, "prompts": len(prompts), "rounds": rounds, "rows": rows,
+              "provenance": provenance(seed=seed, settings={"samplers": samplers, "gen_tokens": list(gen_tokens),
+                                                            "prompt_tokens": prompt_tokens, "rounds": rounds},
+                                       model={"block_model": loaded.model, "ar_hf": hf}, source=loaded.path)}
     if ppl:
         report["perplexity"] = _perplexities(block_model=block_model, **ppl)
     path = Path(out)

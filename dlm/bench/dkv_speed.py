@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from dlm.io.atomic import write_text_atomic
+from dlm.io.provenance import provenance
 from dlm.io.spec import build
 from dlm.samplers.confidence import ConfidenceSampler
 
@@ -71,7 +72,9 @@ def bench_dkv(*, model: dict, vocab_size: int, grid: list, caches: dict, rounds:
                   f"x{row['speedup']:.2f}  agreement {row['agreement']:.3f}", flush=True)
     quality_rows = _quality(caches, seed=seed, **quality) if quality and quality.get("model_dir") else []
     report = {"rows": rows, "quality": quality_rows, "model": model, "vocab_size": vocab_size, "threads": threads,
-              "rounds": rounds}
+              "rounds": rounds,  # the networks are seeded random initialisations of ``model``: no fingerprint
+              "provenance": provenance(seed=seed, settings={"caches": caches, "grid": grid, "rounds": rounds,
+                                                            "quality": quality})}
     path = Path(out)
     write_text_atomic(path, json.dumps(report, indent=2))
     return {"out": str(path), "rows": len(rows), "quality_rows": len(quality_rows)}

@@ -19,6 +19,7 @@ import torch
 
 from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import provenance
 from dlm.io.spec import build
 
 
@@ -109,6 +110,8 @@ def bench_sample(*, model: dict, samplers: dict, grid: list, restrict: dict | No
     report = {"task": "sample", "model": {k: v for k, v in model.items() if k != "_target_"},
               "vocab_size": vocab_size, "threads": threads, "torch": torch.__version__, "baseline": baseline,
               "speed": rows, "quality": quality_rows,
+              "provenance": provenance(seed=seed, settings={"samplers": samplers, "grid": grid, "restrict": restrict,
+                                                            "quality": quality}, model=net),
               "median_speedup_first_hitting": statistics.median(
                   [r["speedup_vs_baseline"] for r in rows
                    if r["sampler"] == "first_hitting" and r["speedup_vs_baseline"]] or [0.0])}

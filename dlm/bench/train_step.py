@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.io.atomic import write_text_atomic
+from dlm.io.provenance import provenance
 from dlm.io.spec import build
 
 
@@ -88,6 +89,9 @@ def bench_train_step(*, model: dict, objective: dict, vocab_size: int = 50258, b
         "rows": rows,
         "overhead_ratio": ratio,
         "target_ratio": 1.10,
+        # each worker seeds its own random model and batch with 0 (``_worker``)
+        "provenance": provenance(seed=0, settings={"objective": objective, "batch_size": batch_size, "length": length,
+                                                   "warmup": warmup, "repeats": repeats, "rounds": rounds}),
     }
     print(f"{'variant':<10} {'median s/step':>14} {'tokens/s':>10} {'peak RSS MiB':>13}")
     for variant, r in rows.items():

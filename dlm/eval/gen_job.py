@@ -16,6 +16,7 @@ from dlm.errors import ConfigError
 from dlm.eval.diversity import distinct_n, mean_entropy
 from dlm.eval.gen_ppl import generative_perplexity_of_ids, load_judge
 from dlm.io.atomic import write_json_atomic
+from dlm.io.provenance import provenance
 
 
 def read_sample_texts(path: str | Path) -> list[str]:
@@ -53,7 +54,8 @@ def eval_gen_file(
 
     Record: gen_ppl, nll, tokens (scored judge tokens), entropy (mean per-sample unigram entropy,
     nats), entropy_tokens ("judge": entropy and distinct-n are computed on the judge's token ids),
-    distinct_1/2/3, num_samples, samples, judge, max_len, seconds. Default ``out``:
+    distinct_1/2/3, num_samples, samples, judge, max_len, seconds, provenance (``dlm.io.provenance``: the
+    judge's fingerprint; the samples file's own model is in dlm-sample's summary). Default ``out``:
     ``<samples stem>.gen_eval.json`` next to the samples file.
     """
     start = time.perf_counter()
@@ -71,6 +73,8 @@ def eval_gen_file(
         "judge": str(judge),
         "max_len": max_len,
         "seconds": time.perf_counter() - start,
+        "provenance": provenance(seed=None, settings={"batch_size": batch_size, "max_len": max_len, "judge": str(judge)},
+                                 model=scorer.model),
     }
     path = Path(out) if out else samples.with_name(f"{samples.stem}.gen_eval.json")
     write_json_atomic(path, result)

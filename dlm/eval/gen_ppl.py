@@ -107,11 +107,13 @@ def hf_context_length(config) -> int | None:
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
     """A dlm AR model directory (model.json, family ``AR``) or a HF causal-LM directory (config.json).
 
-    Never downloads: the HF directory is read with ``local_files_only=True``.
+    A Hugging Face Hub id of a dlm AR model directory is fetched like any model= (``dlm.io.hub``); a HF
+    causal-LM directory is never downloaded: it is read with ``local_files_only=True``.
     """
     from dlm.eval.model_dir import pick_device
+    from dlm.io.hub import resolve_model_path
 
-    path = Path(path)
+    path = resolve_model_path(path)
     device = pick_device(device) if device == "auto" else device
     if (path / "model.json").is_file():
         from dlm.io.model_dir import load_model_dir

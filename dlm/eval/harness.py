@@ -30,10 +30,8 @@ Block-diffusion models are refused (``ConfigError``): the block NELBO with a cle
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from dlm.eval.conditional import Span, SpanScore, ar_span_scores, masked_span_sc
 from dlm.eval.model_dir import check_count, pick_device
 from dlm.eval.strata import Method
 from dlm.io.model_dir import LoadedModel, load_model_dir, read_record
+from dlm.io.provenance import provenance
 from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.samplers.autoregressive import AutoregressiveSampler
@@ -354,18 +353,18 @@ class DlmLM(TemplateLM):
     def get_model_info(self) -> dict:
         """What lm-eval writes into its results' ``config``: everything a number here depends on."""
         record = self.loaded.record
-        sampler = {"class": f"{type(self.sampler).__module__}.{type(self.sampler).__qualname__}",
-                   **{k: v for k, v in vars(self.sampler).items() if isinstance(v, (int, float, str, bool, type(None)))}}
+        origin = provenance(seed=self.seed, settings=self.sampler, model=self.loaded.model, source=self.loaded.path)
         return {"dlm": {
-            "dlm_version": dlm_version(), "dlm_git_revision": git_revision(), "model": str(self.loaded.path),
-            "model_fingerprint": model_fingerprint(self.loaded), "tokenizer": self.tok.name,
+            "dlm_version": origin["dlm_version"], "dlm_git_revision": origin["git_rev"], "model": str(self.loaded.path),
+            "model_fingerprint": origin["model_fingerprint"], "tokenizer": self.tok.name,
             "tokenizer_fingerprint": self.tok.fingerprint(), "family": record.family.kind,
             "estimator": ("exact" if record.family is Family.AR else
                           {"method": "conditional_nelbo", "mc_samples": self.mc_samples, "estimator": self.method,
                            "t_min": self.t_min}),
             "ar_softmax": record.ar_softmax, "overrides": record.overrides, "seed": self.seed,
             "batch_size": self.batch_size, "max_length": self.max_length, "add_bos_token": self.add_bos_token,
-            "device": str(self._device), "sampler": sampler, "requests": self.stats,
+            "device": str(self._device), "sampler": origin["settings"], "requests": self.stats,
+            "provenance": origin,
         }}
 
 
@@ -391,30 +390,3 @@ def check_text_tokenizer(tok: Any, *, where: str) -> None:
                           "language: evaluate a model with a text tokenizer") from e
 
 
-def model_fingerprint(loaded: LoadedModel) -> str | None:
-    """sha1 of the weights file and model.json (None for a model not loaded from a directory)."""
-    if loaded.path is None:
-        return None
-    h = hashlib.sha1()
-    for name in ("model.json", "model.safetensors"):
-        with open(Path(loaded.path) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def dlm_version() -> str | None:
-    """The installed dlm's version (read from its package metadata: ``dlm`` itself is a layer above)."""
-    try:
-        return importlib.metadata.version("dlm")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_revision() -> str | None:
-    """The git commit of the dlm source in use (None outside a git checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

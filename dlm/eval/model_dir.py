@@ -22,7 +22,9 @@ from dlm.eval.scorers import energy_scorer_for, scorer_for
 from dlm.eval.strata import Method
 from dlm.io.atomic import write_json_atomic
 from dlm.io.energy_dir import load_energy
+from dlm.io.hub import resolve_model_path
 from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import provenance
 from dlm.io.record import Family
 
 
@@ -74,9 +76,11 @@ def eval_ppl_model_dir(
     masked diffusion model is then scored by the energy-corrected NELBO (``dlm.eval.energy_nelbo``), log Z
     estimated from ``log_z_samples`` proposals unless the energy is exactly normalised (coAR).
 
-    The record holds ``settings`` (everything the number depends on) and is written to ``out`` or to
-    ``<model_dir>/eval/<data stem>-<split>-<settings digest>.json``; a file there that holds anything
-    but a result of the same settings is refused before any compute.
+    The record holds ``settings`` (everything the number depends on) and ``provenance`` (dlm version, git
+    revision, seed, model fingerprint: ``dlm.io.provenance``) and is written to ``out`` or to
+    ``<model_dir>/eval/<data stem>-<split>-<settings digest>.json`` (a Hub id's: its snapshot directory in
+    the HF cache); a file there that holds anything but a result of the same settings is refused before
+    any compute.
     """
     for key, value, optional in (("seq_len", seq_len, True), ("batch_size", batch_size, False),
                                  ("num_samples", num_samples, False), ("max_tokens", max_tokens, True),
@@ -87,6 +91,7 @@ def eval_ppl_model_dir(
     device = pick_device(device)
     loaded = load_model_dir(model_dir, device=device, rope_scaling=rope_scaling, max_seq_len=max_seq_len)
     model, record = loaded.model, loaded.record
+    local_dir = loaded.path  # a Hub id's snapshot in the HF cache (dlm.io.hub); the directory itself otherwise
     if record.family is Family.ENERGY:
         raise ConfigError(f"model={model_dir} is an EDLM energy directory (kind 'energy'): it corrects a diffusion "
                           "model and has no perplexity of its own; pass the diffusion model as model= and this "
@@ -111,13 +116,14 @@ def eval_ppl_model_dir(
                           f"model.block_size={model.block_size}; pass a seq_len that it divides")
     context = {k: v for k, v in record.overrides.items() if k in ("rope_scaling", "max_seq_len")}
     # everything the number depends on; a Monte Carlo estimate also depends on its random draws
-    settings = {"model": str(Path(model_dir).resolve()), "data": corpus_key(str(source), split, text_field=text_field),
+    settings = {"model": str(Path(local_dir).resolve()), "data": corpus_key(str(source), split, text_field=text_field),
                 "mode": mode, "detokenizer": detokenizer, "seq_len": seq_len, "max_tokens": max_tokens,
                 "overrides": context, **scorer.summary(),
-                **({} if energy is None else {"energy": str(Path(energy).resolve()), "energy_carry_over": energy_carry_over}),
+                **({} if energy is None else {"energy": str(resolve_model_path(energy).resolve()),
+                                              "energy_carry_over": energy_carry_over}),
                 **({"seed": seed, "batch_size": batch_size, "device": torch.device(device).type}
                    if scorer.stochastic else {})}
-    path = Path(out) if out else Path(model_dir) / "eval" / result_name(Path(str(dataset)).stem, split, settings)
+    path = Path(out) if out else Path(local_dir) / "eval" / result_name(Path(str(dataset)).stem, split, settings)
     check_result_path(path, settings, key="out")
     rows = corpus_blocks(source=source, split=split, tokenizer=loaded.tokenizer, seq_len=seq_len, mode=mode,
                          text_field=text_field, streaming=streaming, detokenizer=detokenizer, cache_dir=cache_dir,
@@ -129,7 +135,9 @@ def eval_ppl_model_dir(
     result = {"dataset": dataset, "split": split, "seq_len": seq_len, "model": str(model_dir),
               **({} if energy is None else {"energy": str(energy)}),
               "detokenizer": detokenizer, **({"overrides": context} if context else {}), **result,
-              "settings": settings}
+              "settings": settings,
+              "provenance": provenance(seed=seed if scorer.stochastic else None, settings=settings, model=model,
+                                       source=local_dir)}
     write_json_atomic(path, result)
     result["out"] = str(path)
     return result

@@ -27,6 +27,7 @@ from dlm.eval.finite_outputs import FiniteOutputs
 from dlm.eval.model_dir import pick_device
 from dlm.io.atomic import atomic_file
 from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import provenance
 from dlm.io.record import Family
 from dlm.samplers.canvas import check_length
 from dlm.types import Sampler
@@ -75,8 +76,9 @@ def sample_to_jsonl(
     One generator seeded with ``seed`` serves the whole job, so the same arguments give the same
     file. Returns {samples, out, nfe (mean over samples of their batch's nfe), seconds (total
     sampling time, auxiliary networks included), seconds_per_sample, sampler (class name), length, model,
-    and ``<name>_calls`` for each auxiliary network the sampler called (EDLM: ``energy_calls``, total
-    batched energy calls of the job)}. A model whose logits
+    ``<name>_calls`` for each auxiliary network the sampler called (EDLM: ``energy_calls``, total
+    batched energy calls of the job), provenance (``dlm.io.provenance``: seed, the sampler's settings, the
+    model's fingerprint)}. A model whose logits
     turn NaN/inf stops the job (``NonFiniteError``) and ``out`` is left as it was.
     """
     if num_samples < 1:
@@ -124,4 +126,5 @@ def sample_to_jsonl(
         "length": length,
         "model": str(model_dir),
         **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),
+        "provenance": provenance(seed=seed, settings=sampler, model=loaded.model, source=loaded.path),
     }

@@ -11,6 +11,10 @@ typed record of what a directory is, the one atomic writer, tokenizer files, HF 
     classifier_dir.py   guidance classifiers (save_classifier, load_classifier)
     block_policy_dir.py block-size policies (save_block_policy, load_block_policy)
     hf_dir.py           dlm-convert: HF causal-LM directories <-> dlm model directories
+    hub.py              Hugging Face Hub ids (org/name[@revision]) as model paths: resolve_model_path
+    model_card.py       the README.md model card dlm-push writes (family, size, training, eval table)
+    push.py             dlm-push: check, write the card, create_repo + upload_folder (or dry_run)
+    provenance.py       the "provenance" object of every result JSON (version, git rev, seed, fingerprint)
 
 Models never import this package (DESIGN §1); ``dlm.load`` is ``load_model_dir``.
 """

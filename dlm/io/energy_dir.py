@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dlm.errors import CheckpointError, ConfigError
+from dlm.io.hub import resolve_model_path
 from dlm.io.model_dir import load_model_dir, save_model_dir
 from dlm.io.record import Family
 from dlm.io.tokenizer_files import tokenizer_of
@@ -48,9 +49,10 @@ def load_energy(path: str | Path, *, carry_over: bool = False, denoiser: str | P
     An AR model directory (kind "ar") gives ``ARResidualEnergy(carry_over=...)``; an energy directory
     gives its ``NCEEnergy`` (``carry_over`` must stay False: it describes AR energies only).
     ``denoiser``: the denoiser's model directory, whose tokenizer the energy's must equal. ``key`` /
-    ``carry_over_key``: how the calling command spells these settings (named in refusals).
+    ``carry_over_key``: how the calling command spells these settings (named in refusals). ``path`` and
+    ``denoiser`` may be Hugging Face Hub ids (``dlm.io.hub``).
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     if (path / "config.json").is_file() and not (path / "model.json").is_file():
         raise ConfigError(f"{key}={path} is a Hugging Face directory; convert it first: dlm-convert "
                           f"src={path} dst=<dir> (the AR energy needs the model with its tokenizer in dlm's layout)")

@@ -28,6 +28,7 @@ from torch import nn
 
 from dlm.errors import CheckpointError
 from dlm.io.atomic import atomic_dir
+from dlm.io.hub import resolve_model_path
 from dlm.io.migrate import FORMAT, migrate
 from dlm.io.overrides import apply_spec_overrides, check_override_names, parse_dtype
 from dlm.io.record import Family, ModelRecord, checked_ar_softmax
@@ -117,10 +118,11 @@ def _tied_aliases(model: nn.Module) -> set[str]:
     return aliases
 
 
-def read_record(path: str | Path, **overrides: Any) -> tuple[ModelRecord, dict]:
+def read_record(path: str | Path, *, revision: str | None = None, **overrides: Any) -> tuple[ModelRecord, dict]:
     """(the typed record, the migrated model.json dict) of a model directory, ``overrides`` applied
-    to the model spec (``dlm.io.overrides``); nothing is built."""
-    path = Path(path)
+    to the model spec (``dlm.io.overrides``); nothing is built. ``path`` may be a Hugging Face Hub id
+    (``org/name[@revision]``, ``revision``), fetched by ``dlm.io.hub.resolve_model_path``."""
+    path = resolve_model_path(path, revision)
     if path.is_file():
         raise CheckpointError(f"{path} is a file; a model is loaded from the directory that holds {META_FILE}, "
                               f"{WEIGHTS_FILE} and {TOKENIZER_DIR}/: pass {path.parent}")
@@ -151,11 +153,13 @@ def read_record(path: str | Path, **overrides: Any) -> tuple[ModelRecord, dict]:
 
 def load_model_dir(path: str | Path, *, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, rope_scaling: Any = None, max_seq_len: int | None = None,
-                   attn_backend: str | None = None) -> LoadedModel:
+                   attn_backend: str | None = None, revision: str | None = None) -> LoadedModel:
     """Rebuild model, tokenizer and schedule from a directory written by ``save_model_dir`` (or an
     older layout, migrated on read), with the safe post-training overrides applied (None: not
-    overridden; the model loads on the CPU in its saved precision)."""
-    path = Path(path)
+    overridden; the model loads on the CPU in its saved precision). ``path`` may be a Hugging Face Hub
+    id (``org/name[@revision]``, or ``revision=``): its snapshot is fetched and loaded the same way
+    (``dlm.io.hub``); ``LoadedModel.path`` is then the snapshot directory."""
+    path = resolve_model_path(path, revision)
     record, meta = read_record(path, rope_scaling=rope_scaling, max_seq_len=max_seq_len,
                                attn_backend=attn_backend, dtype=dtype, device=device)
     try:

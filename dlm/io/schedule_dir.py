@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from dlm.errors import CheckpointError
 from dlm.io.atomic import atomic_dir
+from dlm.io.hub import resolve_model_path
 from dlm.io.spec import build
 from dlm.types import DENOISER_ATTRIBUTES
 
@@ -81,8 +82,9 @@ def save_schedule_dir(path: str | Path, *, state: dict[str, Tensor], meta: dict)
 
 
 def read_schedule_dir(path: str | Path) -> SavedSchedule:
-    """The schedule directory at ``path``; CheckpointError naming the path and what is wrong."""
-    path = Path(path)
+    """The schedule directory at ``path`` (or a Hugging Face Hub id of one, ``dlm.io.hub``); CheckpointError
+    naming the path and what is wrong."""
+    path = resolve_model_path(path, marker=META_FILE)
     if not path.is_dir():
         raise CheckpointError(f"schedule directory {path} does not exist (expected {META_FILE} and {WEIGHTS_FILE}, "
                               "written by dlm-train experiment=lsd_demo as <run_dir>/schedule)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from dlm.data.tokenizer import SPEC_FILE, Tokenizer
 from dlm.data.tokenizer import load_tokenizer as _read_tokenizer_dir
 from dlm.errors import CheckpointError
+from dlm.io.hub import resolve_model_path
 
 TOKENIZER_DIR = "tokenizer"  # inside a model directory
 
@@ -27,8 +28,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 def tokenizer_of(path: str | Path, *, key: str = "tokenizer_from") -> Tokenizer:
-    """The tokenizer of a model directory (``<path>/tokenizer/``) or of a saved tokenizer directory."""
-    path = Path(path)
+    """The tokenizer of a model directory (``<path>/tokenizer/``) or of a saved tokenizer directory; a
+    Hugging Face Hub id of either is fetched first (``dlm.io.hub``)."""
+    path = resolve_model_path(path, marker=None)
     for candidate in (path / TOKENIZER_DIR, path):
         if (candidate / SPEC_FILE).is_file():
             return load_tokenizer(candidate)

@@ -254,6 +254,10 @@ class Transformer(nn.Module):
             if isinstance(m, AdaLNModulation):
                 m.reset_parameters()
 
+    def shard_units(self) -> list[nn.Module]:
+        """The sharding units of FSDP2 (``dlm.types.Shardable``): one per transformer block."""
+        return list(self.layers)
+
     def embed(self, tokens_or_probs: Tensor) -> Tensor:
         """ids (B, L) -> E[ids]; probs (B, L, V) -> probs @ E (differentiable in probs). -> (B, L, dim)."""
         if not tokens_or_probs.is_floating_point():

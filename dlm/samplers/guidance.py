@@ -13,6 +13,8 @@ position ℓ set to v. Already unmasked positions are returned unchanged. Two wa
 * ``first_order``: one forward + backward of log p_φ(y | onehot(z)) w.r.t. the one-hot input g = ∇_z,
   log p_φ(y | z^{ℓ←v}) ≈ log p_φ(y | z) + g[ℓ, v] − g[ℓ, z^ℓ]                              (G2)
   (exact when log p_φ(y | z) is linear in the one-hot).
+Both tilts are functions of any score (``substitution_tilt``, ``gradient_tilt``): reward guidance of the
+unblocked sampler (``dlm.samplers.reward_guidance``) uses them with score = r / α.
 
 Only the Lb block positions are candidates and the classifier sees only the prefix and the block, so
 both costs shrink with the block (the plausible source of CtrlDiff's "reduced overhead"). Since (G1)
@@ -26,6 +28,7 @@ The classifier protocol: ``classifier.log_prob(tokens_or_probs) -> (B, C)`` log 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import torch
@@ -105,25 +108,44 @@ class ClassifierGuidance:
     def _log_py(self, x: Tensor) -> Tensor:
         return self.classifier.log_prob(x)[:, self.target_class].float()  # (N,)
 
-    @torch.no_grad()
     def _exact(self, log_probs: Tensor, tokens: Tensor, block_start: int, masked: Tensor) -> Tensor:
         """tilt[b, ℓ, v] = log p_φ(y | z^{ℓ←v}) for masked ℓ and finite log p_θ(v); 0 elsewhere. (B, Lb, V)."""
-        tilt = torch.zeros(log_probs.shape, dtype=torch.float32, device=log_probs.device)
-        # candidates: (row, block position, token) with the position masked and the token possible
-        cand = (masked[..., None] & torch.isfinite(log_probs)).nonzero()  # (M, 3)
-        for chunk in cand.split(self.chunk_size):
-            b, pos, v = chunk.unbind(-1)
-            x = tokens[b].clone()  # (m, S)
-            x[torch.arange(x.shape[0], device=x.device), block_start + pos] = v
-            tilt[b, pos, v] = self._log_py(x)
-        return tilt
+        return substitution_tilt(self._log_py, log_probs, tokens, block_positions(tokens, block_start), masked,
+                                 chunk_size=self.chunk_size)
 
     def _first_order(self, tokens: Tensor, block_start: int) -> Tensor:
         """tilt[b, ℓ, v] = g[ℓ, v] − g[ℓ, z^ℓ] with g = ∇_onehot log p_φ(y | z), (G2). (B, Lb, V)."""
-        V = self.classifier.vocab_size
-        with torch.enable_grad():  # samplers run under no_grad; we need exactly one input gradient
-            z = F.one_hot(tokens, V).float().requires_grad_(True)  # (B, S, V)
-            # rows are independent, so the gradient of the sum gives each row's own gradient
-            (g,) = torch.autograd.grad(self._log_py(z).sum(), z)
-        g = g[:, block_start:].float()  # (B, Lb, V)
-        return g - g.gather(-1, tokens[:, block_start:, None])
+        return gradient_tilt(self._log_py, tokens, block_positions(tokens, block_start), self.classifier.vocab_size)
+
+
+def block_positions(tokens: Tensor, block_start: int) -> Tensor:
+    """The block's positions block_start .. S - 1 of every row: tokens (B, S) -> (B, Lb) long."""
+    return torch.arange(block_start, tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+
+
+@torch.no_grad()
+def substitution_tilt(score: Callable[[Tensor], Tensor], log_probs: Tensor, tokens: Tensor, at: Tensor,
+                      valid: Tensor, *, chunk_size: int) -> Tensor:
+    """The exact tilt (G1) of any score: tilt[r, k, v] = score(z^{at[r,k]←v}) for ``valid`` (R, K) entries and
+    tokens v of finite log_probs (R, K, V); 0 elsewhere. z = tokens (R, S); score: ids (m, S) -> (m,).
+    Candidates are scored ``chunk_size`` sequences per call. -> (R, K, V) float32."""
+    tilt = torch.zeros(log_probs.shape, dtype=torch.float32, device=log_probs.device)
+    # candidates: (row, position slot, token) with the slot valid and the token possible
+    cand = (valid[..., None] & torch.isfinite(log_probs)).nonzero()  # (M, 3)
+    for chunk in cand.split(chunk_size):
+        r, k, v = chunk.unbind(-1)
+        x = tokens[r].clone()  # (m, S)
+        x[torch.arange(x.shape[0], device=x.device), at[r, k]] = v
+        tilt[r, k, v] = score(x).float()
+    return tilt
+
+
+def gradient_tilt(score: Callable[[Tensor], Tensor], tokens: Tensor, at: Tensor, vocab_size: int) -> Tensor:
+    """The first-order tilt (G2) of any score differentiable in the one-hot: with g = ∇_z score(onehot(z)),
+    tilt[r, k, v] = g[at[r,k], v] − g[at[r,k], z_{at[r,k]}]. tokens (R, S), at (R, K) -> (R, K, V) float32."""
+    with torch.enable_grad():  # samplers run under no_grad; we need exactly one input gradient
+        z = F.one_hot(tokens, vocab_size).float().requires_grad_(True)  # (R, S, V)
+        # rows are independent, so the gradient of the sum gives each row's own gradient
+        (g,) = torch.autograd.grad(score(z).sum(), z)
+    g = g.float().gather(1, at[..., None].expand(-1, -1, vocab_size))  # (R, K, V)
+    return g - g.gather(-1, tokens.gather(1, at)[..., None])

@@ -15,6 +15,7 @@ from dlm.eval.sample_job import decode_sample, prompt_ids
 from dlm.io.atomic import write_jsonl_atomic
 from dlm.io.model_dir import save_model_dir
 from dlm.io.record import Family
+from dlm.io.spec import build
 from dlm.samplers.canvas import check_length
 from dlm.train.csv_logger import AppendingCSVLogger
 from dlm.types import Sampler
@@ -75,8 +76,10 @@ class StepRowBeforeCheckpoint(L.Callback):
 class ExportModelDir(L.Callback):
     """At the end of training, rank 0 writes the exportable model directory (EMA weights).
 
-    Done inside the training process so it works for every strategy, ``ddp_spawn`` included
-    (where the launching process never sees the trained EMA state).
+    Done inside the training process so it works for every strategy, ``ddp_spawn`` included (where the
+    launching process never sees the trained EMA state). Every rank gathers the full weights (a
+    collective under FSDP2, where each holds a shard); rank 0 loads them into a fresh model built from
+    the spec, exactly as ``dlm.load`` will rebuild it, and saves that.
     """
 
     def __init__(self, *, path, model_spec: dict, tokenizer, family: Family, schedule_spec: dict | None,
@@ -86,14 +89,15 @@ class ExportModelDir(L.Callback):
         self.seq_len, self.keep_first_token = seq_len, keep_first_token
 
     def on_train_end(self, trainer, pl_module):
+        state = pl_module.export_state_dict()
         if not trainer.is_global_zero:
             return
-        ctx = pl_module.ema.swapped(pl_module.model) if pl_module.ema is not None else nullcontext()
-        with ctx:
-            save_model_dir(self.path, model=pl_module.model, model_spec=self.model_spec, tokenizer=self.tokenizer,
-                           family=self.family, schedule_spec=self.schedule_spec, seq_len=self.seq_len,
-                           keep_first_token=self.keep_first_token, step=trainer.global_step, extra=self.extra,
-                           config_yaml=self.config_yaml)
+        model = build(self.model_spec)
+        model.load_state_dict(state)
+        save_model_dir(self.path, model=model, model_spec=self.model_spec, tokenizer=self.tokenizer,
+                       family=self.family, schedule_spec=self.schedule_spec, seq_len=self.seq_len,
+                       keep_first_token=self.keep_first_token, step=trainer.global_step, extra=self.extra,
+                       config_yaml=self.config_yaml)
 
 
 class SampleDuringValidation(L.Callback):

@@ -23,7 +23,7 @@ from dlm.errors import ConfigError
 # keeps it equal to the composed conf/train.yaml, so a key added there must be added here too.
 TRAIN_KEYS = frozenset({
     "name", "run_dir", "seed", "batch_size", "eval_batch_size", "global_batch_size", "ema_decay", "compile",
-    "init_from", "init_overrides", "tokenizer_from", "ckpt_path",
+    "init_from", "init_overrides", "tokenizer_from", "ckpt_path", "reward",
     "model", "tokenizer", "data", "schedule", "objective", "optim", "trainer", "logger", "callbacks",
 })
 

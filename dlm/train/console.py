@@ -31,3 +31,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated")
+    # val/nll is reduced by DlmModule itself (an all_gather of token-weighted sums), so the advice to
+    # average it again with sync_dist=True is wrong for it
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")

@@ -1,11 +1,24 @@
-"""Exponential moving average of model weights, with MDLM/RADD's warm-up cap (1+n)/(10+n)."""
+"""Exponential moving average of model weights, with MDLM/RADD's warm-up cap (1+n)/(10+n).
+
+Under FSDP2 the parameters are DTensors (each rank holds a shard): the shadow is built from them
+*after* sharding, so it is sharded alike and every update is local. ``state_dict`` gathers full tensors
+(a collective: every rank calls it, as Lightning does when it saves a checkpoint) and
+``load_state_dict`` re-shards full tensors into the shadow's layout, so checkpoints hold plain tensors
+whatever the strategy.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole tensor of a DTensor shard (a collective), a plain tensor unchanged."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 class EMA:
@@ -49,8 +62,17 @@ class EMA:
         self.shadow = {n: v.to(device) for n, v in self.shadow.items()}
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+        """Full (gathered) shadow tensors: a collective under FSDP2."""
+        return {"decay": self.decay, "num_updates": self.num_updates,
+                "shadow": {n: full_tensor(v) for n, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.num_updates = state["decay"], state["num_updates"]
-        self.shadow = {n: v.clone() for n, v in state["shadow"].items()}
+        self.shadow = {n: _like(v, self.shadow.get(n)) for n, v in state["shadow"].items()}
+
+
+def _like(full: Tensor, current: Tensor | None) -> Tensor:
+    """``full`` laid out as ``current``: sharded as a DTensor shadow is, else a plain copy."""
+    if isinstance(current, DTensor):
+        return distribute_tensor(full.to(current.device, current.dtype), current.device_mesh, current.placements)
+    return full.clone()

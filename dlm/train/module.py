@@ -11,11 +11,13 @@ import math
 import lightning as L
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
-from dlm.errors import NonFiniteError
+from dlm.errors import ConfigError, NonFiniteError
 from dlm.io.record import Family
-from dlm.train.ema import EMA
-from dlm.types import Objective
+from dlm.train.ema import EMA, full_tensor
+from dlm.types import Objective, Shardable
 
 
 class NonFiniteLossError(NonFiniteError, RuntimeError):
@@ -51,10 +53,30 @@ class DlmModule(L.LightningModule):
         self.objective = objective
         self.hp = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, warmup_steps=warmup_steps,
                        max_steps=max_steps, min_lr_ratio=min_lr_ratio)
+        self.ema_decay = ema_decay
         self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
         # compile only the backbone: the objective's data-dependent masking would graph-break.
         # Kept out of the module tree so checkpoints hold each weight once, under "model.".
         object.__setattr__(self, "forward_model", torch.compile(model) if compile else model)
+
+    def configure_model(self):
+        """FSDP2 (``trainer=fsdp``): shard each of the model's units, then the root, over the data-parallel
+        mesh; the EMA shadow is rebuilt from the sharded parameters so it is sharded alike. Lightning calls
+        this before any checkpoint is restored. Other strategies have no device mesh: nothing to do."""
+        mesh = self.device_mesh
+        if mesh is None or isinstance(next(self.model.parameters()), DTensor):
+            return
+        if not isinstance(self.model, Shardable):
+            raise ConfigError(f"{type(self.model).__name__} declares no shard_units(), so trainer=fsdp cannot shard "
+                              "it; use trainer=ddp")
+        from torch.distributed.fsdp import fully_shard  # noqa: I001  (only under trainer=fsdp)
+
+        dp = mesh["data_parallel"]
+        for unit in self.model.shard_units():
+            fully_shard(unit, mesh=dp)
+        fully_shard(self.model, mesh=dp)
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.ema_decay)
 
     # -- steps ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -95,6 +117,8 @@ class DlmModule(L.LightningModule):
         self._val[1] += int(out.num_tokens.item())
 
     def on_validation_epoch_end(self):
+        if isinstance(self.model, FSDPModule):
+            self.model.reshard()  # FSDP2's root keeps its parameters gathered after a forward: shard them back
         if self.ema is not None:
             self._ema_ctx.__exit__(None, None, None)
         nll_sum = torch.tensor(self._val, dtype=torch.float64, device=self.device)
@@ -143,8 +167,10 @@ class DlmModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self._pending_rng = None
 
-    def export_state(self) -> nn.Module:
-        """The weights to export: EMA when enabled (copied into the live model)."""
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights to export (``model.state_dict()`` keys): the EMA shadow where enabled, else the
+        live weights, gathered from their shards under FSDP2. A collective there: every rank calls it."""
+        state = dict(self.model.state_dict())
         if self.ema is not None:
-            self.ema.copy_to(self.model)
-        return self.model
+            state.update(self.ema.shadow)
+        return {k: full_tensor(v).detach().cpu() for k, v in state.items()}

@@ -120,7 +120,7 @@ def load_tokenizer_from(path: str):
         raise ConfigError(str(e)) from e
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict | None:
     check_train_config(cfg)  # unknown top-level keys, non-positive counts: before anything is built
     # --- LSD (issue 12): an objective that trains a sampler schedule of a frozen model has its own recipe
     if issubclass(get_class(cfg.objective._target_), LSDLoss):
@@ -205,6 +205,8 @@ def run(cfg: DictConfig) -> dict:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+    if not trainer.is_global_zero:
+        return None  # one summary per run (rank 0's): other ranks of a script-launched run print nothing
     summary = {
         "run_dir": str(run_dir),
         "model_dir": str(run_dir / "model"),
@@ -214,6 +216,5 @@ def run(cfg: DictConfig) -> dict:
         "kind": objective.family.kind,
         **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))},
     }
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -36,7 +36,19 @@ def sampler_for(name):
 
         cfg = compose_config("train", [f"+sampler={name}", "sampler.schedule=null"])
         return instantiate(cfg.sampler, schedule=StepSchedule(4, learn_grid=name == "lsd_plus"))
+    if name in REWARD_SAMPLERS:  # the reward is mandatory (???): GC content over the 4 letters before the mask
+        from dlm.rewards.toy import GCContent
+
+        cfg = compose_config("train", [f"+sampler={name}", "sampler.reward=null"] + REWARD_SAMPLERS[name])
+        return instantiate(cfg.sampler, reward=GCContent())
     return build(name, window=6, stride=3) if name == "strided" else build(name)
+
+
+# design samplers with their cost knobs shrunk (the contract is the same at any size)
+REWARD_SAMPLERS = {"svdd": ["sampler.num_candidates=3", "sampler.num_steps=16"],
+                   "smc": ["sampler.num_particles=3", "sampler.num_steps=16"],
+                   "best_of_n": ["sampler.num_candidates=3", "sampler.base.num_steps=16"],
+                   "reward_guided": ["sampler.num_steps=16"]}
 
 
 def as_model(name, model):
@@ -74,6 +86,25 @@ def test_infilling_keeps_given_tokens(name):
                             generator=torch.Generator().manual_seed(0))
     given = template != MASK
     assert torch.equal(out.tokens[given], template[given]) and not (out.tokens == MASK).any()
+
+
+def tiny_conv():
+    from dlm.models.conv import ConvDenoiser
+
+    torch.manual_seed(0)
+    return ConvDenoiser(vocab_size=V, mask_id=MASK, dim=16, kernel_size=3, dilations=[1, 2], num_stacks=1).eval()
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if not n.startswith("block_")])
+def test_contract_on_the_conv_denoiser(name):
+    """Every masked-diffusion sampler decodes the dilated CNN (block samplers need block-causal attention)."""
+    model, prompt = tiny_conv(), torch.tensor([[1, 2]] * B)
+    runs = [sampler_for(name)(model, batch_size=B, length=L, prompt=prompt, generator=torch.Generator().manual_seed(3))
+            for _ in range(2)]
+    a = runs[0].tokens
+    assert a.shape == (B, L) and not (a == MASK).any() and torch.equal(a[:, :2], prompt)
+    assert torch.equal(a, runs[1].tokens), "same generator must give the same output"
+    assert runs[0].nfe >= 1
 
 
 def test_length_beyond_context_and_long_prompt_are_refused():

@@ -23,6 +23,7 @@ from mocks import BigramAR, CachedContext, PairEnergy, RandomDenoiser
 from dlm.cli import CONF_DIR
 from dlm.models.block_policy import FixedBlockSize
 from dlm.models.transformer import Transformer
+from dlm.rewards.toy import GCContent
 from dlm.samplers.learned_schedule import StepSchedule
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "golden_samplers.json"
@@ -31,6 +32,11 @@ V, MASK, L, B = 7, 6, 12, 3
 # num_steps overrides keep the 1000-step reference loop cheap; every other key is the config's own
 STEPS = {"ancestral": 24, "ancestral_fp32_reference": 24, "ancestral_cached": 24,
          "ancestral_batch_cached": 24, "tau_leaping": 16, "tau_leaping_euler": 16, "edlm": 24}
+# design samplers (issue 13) with their cost knobs shrunk
+DESIGN = {"svdd": ["sampler.num_steps=24", "sampler.num_candidates=3"],
+          "smc": ["sampler.num_steps=24", "sampler.num_particles=3"],
+          "best_of_n": ["sampler.base.num_steps=24", "sampler.num_candidates=3"],
+          "reward_guided": ["sampler.num_steps=24"]}
 
 
 def sampler_for(name: str):
@@ -51,6 +57,9 @@ def sampler_for(name: str):
         extra = {"energy": PairEnergy(L, V, MASK, seed=3)}
     if name in ("lsd", "lsd_plus"):
         extra = {"schedule": StepSchedule(24, learn_grid=name == "lsd_plus")}
+    if name in DESIGN:  # the reward is mandatory (???): GC content over the 4 letters 0..3
+        cfg = compose_config("train", overrides + ["sampler.reward=null"] + DESIGN[name])
+        extra = {"reward": GCContent()}
     return instantiate(cfg.sampler, **extra)
 
 
