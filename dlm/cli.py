@@ -179,7 +179,8 @@ def sample(cfg: DictConfig) -> None:
     sampler = instantiate_sampler(cfg.sampler, loaded.schedule)
     summary = sample_to_jsonl(cfg.model, sampler, num_samples=cfg.num_samples, length=cfg.length,
                               batch_size=cfg.batch_size, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
-                              out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len)
+                              out=cfg.out, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len,
+                              overwrite=bool(cfg.overwrite))
     from dlm.samplers.learned_schedule import LearnedScheduleSampler
 
     if isinstance(sampler, LearnedScheduleSampler):  # LSD: the learned grid and per-step scalars it sampled with

@@ -8,6 +8,7 @@ different tokenizers (DUO / FHS report entropy this way, on GPT-2 tokens).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from dlm.errors import ConfigError
 from dlm.eval.diversity import distinct_n, mean_entropy
 from dlm.eval.gen_ppl import generative_perplexity_of_ids, load_judge
+from dlm.eval.result_files import check_result_path
 from dlm.io.atomic import write_json_atomic
 from dlm.io.provenance import provenance
 
@@ -55,13 +57,21 @@ def eval_gen_file(
     Record: gen_ppl, nll, tokens (scored judge tokens), entropy (mean per-sample unigram entropy,
     nats), entropy_tokens ("judge": entropy and distinct-n are computed on the judge's token ids),
     distinct_1/2/3, num_samples, samples, judge, max_len, seconds, provenance (``dlm.io.provenance``: the
-    judge's fingerprint; the samples file's own model is in dlm-sample's summary). Default ``out``:
-    ``<samples stem>.gen_eval.json`` next to the samples file.
+    judge's fingerprint; the samples file's own model is in dlm-sample's summary), settings (what the
+    numbers depend on: the samples file's content hash, the judge's fingerprint, max_len). Default ``out``:
+    ``<samples stem>.gen_eval.json`` next to the samples file. An existing ``out`` is replaced only by a
+    result of the same settings (``dlm.eval.result_files``); anything else is refused before scoring.
     """
     start = time.perf_counter()
     samples = Path(samples)
     texts = read_sample_texts(samples)
     scorer = load_judge(judge, device=device)
+    record = provenance(seed=None, settings={"batch_size": batch_size, "max_len": max_len, "judge": str(judge)},
+                        model=scorer.model)
+    settings = {"samples_sha1": hashlib.sha1(samples.read_bytes()).hexdigest(),
+                "judge_fingerprint": record["model_fingerprint"], "max_len": max_len}
+    path = Path(out) if out else samples.with_name(f"{samples.stem}.gen_eval.json")
+    check_result_path(path, settings)
     ids = [scorer.encode(t) for t in texts]
     result = {
         **generative_perplexity_of_ids(ids, scorer, batch_size=batch_size, max_len=max_len),
@@ -73,9 +83,8 @@ def eval_gen_file(
         "judge": str(judge),
         "max_len": max_len,
         "seconds": time.perf_counter() - start,
-        "provenance": provenance(seed=None, settings={"batch_size": batch_size, "max_len": max_len, "judge": str(judge)},
-                                 model=scorer.model),
+        "provenance": record,
+        "settings": settings,
     }
-    path = Path(out) if out else samples.with_name(f"{samples.stem}.gen_eval.json")
     write_json_atomic(path, result)
     return {**result, "out": str(path)}

@@ -32,16 +32,34 @@ def canonical(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
+def settings_digest(settings: dict[str, Any]) -> str:
+    """10 hex digits of sha1(canonical JSON of ``settings``)."""
+    return fingerprint_of(canonical(settings))[:DIGEST_CHARS]
+
+
 def result_name(stem: str, split: str, settings: dict[str, Any]) -> str:
     """``<stem>-<split>-<digest>.json``: the readable part says what was scored, the digest of ``settings``
     keeps results of different settings apart (two data files with one stem differ in their path)."""
-    return f"{stem}-{split}-{fingerprint_of(canonical(settings))[:DIGEST_CHARS]}.json"
+    return f"{stem}-{split}-{settings_digest(settings)}.json"
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (sampler.num_steps), so a difference names the leaf that changed."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_differences(old: dict[str, Any], new: dict[str, Any], shown: int = 4) -> str:
+    """``key: old -> new`` for the first ``shown`` settings that differ (leaves of nested settings)."""
+    old, new = _flat(old), _flat(new)
     keys = sorted(set(old) | set(new), key=str)
     diffs = [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+    return "; ".join(diffs[:shown]) + ("; ..." if len(diffs) > shown else "")
 
 
 def check_result_path(path: str | Path, settings: dict[str, Any], *, key: str = "out") -> None:
@@ -64,5 +82,5 @@ def check_result_path(path: str | Path, settings: dict[str, Any], *, key: str = 
                           f"older dlm's), so it may be of other settings; {fix}")
     new = canonical(settings)
     if old["settings"] != new:
-        raise ConfigError(f"{key}={path} holds a result of other settings ({_differences(old['settings'], new)}); "
+        raise ConfigError(f"{key}={path} holds a result of other settings ({settings_differences(old['settings'], new)}); "
                           f"{fix}")

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from dlm.errors import ConfigError
 from dlm.eval.finite_outputs import FiniteOutputs
 from dlm.eval.model_dir import pick_device
-from dlm.io.atomic import atomic_file
+from dlm.eval.result_files import canonical, settings_differences, settings_digest
+from dlm.io.atomic import atomic_file, write_json_atomic
 from dlm.io.model_dir import load_model_dir
 from dlm.io.provenance import provenance
 from dlm.io.record import Family
@@ -67,11 +68,17 @@ def sample_to_jsonl(
     prompt: str | None = None,
     seed: int = 0,
     device: str = "auto",
-    out: str | Path,
+    out: str | Path | None = None,
     rope_scaling: Any = None,
     max_seq_len: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Draw ``num_samples`` rows of ``length`` tokens with ``sampler`` and write them to ``out`` (JSONL).
+
+    ``out`` None: ``samples-<digest>.jsonl`` in the working directory, the digest of the job's settings, so
+    two jobs never write one file. Beside ``out`` goes ``<out stem>.summary.json`` (the returned summary,
+    with ``"settings"``: everything that changes the samples). An existing ``out`` is replaced only by a
+    job of the same settings (a rerun) or with ``overwrite``; anything else is refused before any compute.
 
     One generator seeded with ``seed`` serves the whole job, so the same arguments give the same
     file. Returns {samples, out, nfe (mean over samples of their batch's nfe), seconds (total
@@ -100,7 +107,14 @@ def sample_to_jsonl(
                  max_seq_len=None if sampler.extends_context else loaded.model.max_seq_len)
     prompt_t = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = Path(out)
+    record = provenance(seed=seed, settings=sampler, model=loaded.model, source=loaded.path)
+    settings = {"sampler": record["settings"], "model_fingerprint": record["model_fingerprint"],
+                "num_samples": num_samples, "length": length, "batch_size": batch_size, "prompt": prompt,
+                "seed": seed, "overrides": loaded.record.overrides or None}
+    out = Path(out) if out is not None else Path(f"samples-{settings_digest(settings)}.jsonl")
+    summary_path = out.with_name(f"{out.stem}.summary.json")
+    if not overwrite:
+        check_samples_path(out, summary_path, settings)
     nfe_total, seconds, aux_calls = 0, 0.0, {}
     sizes = [min(batch_size, num_samples - s) for s in range(0, num_samples, batch_size)]
     with atomic_file(out) as f, FiniteOutputs(loaded.model) as watch:
@@ -115,7 +129,7 @@ def sample_to_jsonl(
                 rec = {"text": decode_sample(row, loaded.tokenizer, len(ids)), "tokens": row,
                        "nfe": int(res.nfe), "seconds": res.seconds / b}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return {
+    summary = {
         "samples": num_samples,
         "out": str(out),
         "nfe": nfe_total / num_samples,
@@ -126,5 +140,23 @@ def sample_to_jsonl(
         "length": length,
         "model": str(model_dir),
         **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),
-        "provenance": provenance(seed=seed, settings=sampler, model=loaded.model, source=loaded.path),
+        "provenance": record,
+        "settings": settings,
     }
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def check_samples_path(out: Path, summary_path: Path, settings: dict) -> None:
+    """Refuse an existing samples file unless its summary records these very settings (a rerun)."""
+    if not out.exists():
+        return
+    fix = "pass another out=, or overwrite=true to replace it"
+    try:
+        old = json.loads(summary_path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"out={out} exists and has no readable {summary_path.name} saying what it holds; "
+                          f"{fix}") from None
+    if old != canonical(settings):
+        raise ConfigError(f"out={out} holds samples of other settings ({settings_differences(old, canonical(settings))})"
+                          f"; {fix}")

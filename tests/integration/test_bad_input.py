@@ -211,6 +211,8 @@ CLI: dict[str, tuple[list[str], str]] = {
     "eval_existing_result": (["dlm-eval-ppl", "model={masked}", "data={text}", "max_tokens=300", "num_samples=1",
                               "out={result}", "device=cpu", "cache_dir={root}/cache"],
                              "holds a result of other settings"),
+    "sample_existing_out": (["dlm-sample", "model={masked}", "num_samples=1", "length=8", "out={result}"],
+                            "exists and has no readable"),
     "convert_existing_dst": (["dlm-convert", "src={masked}", "dst={converted}"], "exists and is not empty"),
 }
 

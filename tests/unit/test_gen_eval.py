@@ -156,6 +156,11 @@ def test_eval_gen_file_writes_the_record_next_to_the_samples(hf_dir, tmp_path):
     assert res["distinct_1"] == pytest.approx(distinct_n(ids, 1))
     assert res["gen_ppl"] == pytest.approx(generative_perplexity(texts, judge)["gen_ppl"], rel=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    eval_gen_file(samples, hf_dir, batch_size=4, device="cpu")  # the same settings (batch size changes nothing)
+    samples.write_text(json.dumps({"text": "other samples", "tokens": [1]}) + "\n")
+    with pytest.raises(ConfigError, match="holds a result of other settings \\(samples_sha1"):
+        eval_gen_file(samples, hf_dir, device="cpu")  # new samples in the same file: the old score is kept
+    assert json.loads((tmp_path / "s.gen_eval.json").read_text())["num_samples"] == 3
 
 
 def test_eval_gen_file_refuses_missing_or_empty_samples(hf_dir, tmp_path):

@@ -49,7 +49,38 @@ def test_jsonl_has_one_record_per_sample_with_the_documented_keys(model_dir, tmp
     assert summary["samples"] == 5 and summary["out"] == str(out) and summary["sampler"] == "AncestralSampler"
     assert summary["nfe"] == pytest.approx(sum(r["nfe"] for r in recs) / 5)
     assert summary["seconds_per_sample"] == pytest.approx(summary["seconds"] / 5)
-    assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.summary.json"]  # no temp file left
+    assert json.loads((tmp_path / "s.summary.json").read_text())["settings"] == summary["settings"]
+
+
+def test_an_existing_samples_file_is_replaced_only_by_a_rerun_of_its_settings(model_dir, tmp_path):
+    out = tmp_path / "s.jsonl"
+
+    def job(num_steps, **kw):
+        return sample_to_jsonl(model_dir, AncestralSampler(num_steps=num_steps), num_samples=2, length=12,
+                               device="cpu", out=out, **kw)
+
+    job(8)
+    before = out.read_text()
+    job(8)  # the same settings: a rerun, same samples (timings differ)
+    assert [r["tokens"] for r in read(out)] == [json.loads(x)["tokens"] for x in before.splitlines()]
+    before = out.read_text()
+    with pytest.raises(ConfigError, match=r"other settings \(sampler.num_steps: 8 -> 4; sampler.timesteps"):
+        job(4)
+    assert out.read_text() == before  # refused before any compute, nothing touched
+    (tmp_path / "s.summary.json").unlink()
+    with pytest.raises(ConfigError, match="has no readable s.summary.json"):
+        job(8)  # a file of unknown origin is never overwritten silently
+    job(4, overwrite=True)
+    assert out.read_text() != before
+
+
+def test_without_out_the_file_is_named_by_its_settings(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = sample_to_jsonl(model_dir, AncestralSampler(num_steps=8), num_samples=2, length=12, device="cpu")
+    b = sample_to_jsonl(model_dir, AncestralSampler(num_steps=4), num_samples=2, length=12, device="cpu")
+    assert a["out"] != b["out"] and a["out"].startswith("samples-") and a["out"].endswith(".jsonl")
+    assert len(read(tmp_path / a["out"])) == len(read(tmp_path / b["out"])) == 2
 
 
 def test_same_seed_same_samples_other_seed_other_samples(model_dir, tmp_path):
