@@ -9,6 +9,14 @@ Rows (each generates ``gen_tokens`` after the same prompts, greedy, batch 1):
 Quality: perplexity of the generated tokens under the AR model (teacher forcing, given the
 prompt), and the mean per-sequence unigram entropy (nats) to expose repetition. Optionally the
 perplexity bound of the block model and the exact perplexity of the AR model on held-out text.
+
+One rule for every decoder, in generation and in scoring: EOS is never generated (HF ``generate``
+with ``min_new_tokens`` = all new tokens; dlm decoders read logits whose EOS column is -inf,
+``NoEOS``), and the AR judge scores each token under its distribution *without* EOS (the EOS column
+removed before the softmax). Scoring a banned-EOS text with EOS allowed puts the judge's EOS mass
+into every NLL: past its training length the AR model's greedy text then read gen-PPL 717, while the
+same tokens score 2.6 without the EOS column. Lengths: ``gen_tokens`` 112 keeps prompt + text inside
+the 128-token training rows of the CPU recipe for both models; 512 puts both beyond them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import load_model_dir
@@ -27,17 +36,42 @@ from dlm.io.provenance import provenance
 from dlm.io.spec import build
 
 
+class NoEOS(nn.Module):
+    """A dlm denoiser whose logits give EOS probability zero (column set to -inf): the bench's
+    generation rule for dlm decoders, as ``min_new_tokens`` is for HF ``generate``. Everything else
+    (the declared contract, the layer count a KV cache is sized by) is the wrapped model's."""
+
+    def __init__(self, model: nn.Module, eos_id: int) -> None:
+        super().__init__()
+        self.model, self.eos_id = model, eos_id
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # a proxy: what the wrapper does not define is the model's
+            return getattr(self.model, name)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
+        if kwargs.get("return_hidden"):
+            return out
+        return out.index_fill(-1, torch.tensor([self.eos_id], device=out.device), float("-inf"))
+
+
 def _hf_generate(model, prompt: torch.Tensor, gen_tokens: int) -> torch.Tensor:
+    # min_new_tokens = every new token: EOS is never generated (the bench's rule for all decoders)
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=gen_tokens,
                          min_new_tokens=gen_tokens, do_sample=False, use_cache=True, pad_token_id=0)
     return out[:, prompt.shape[1]:]
 
 
 @torch.no_grad()
-def _ar_nll(model, prompt: torch.Tensor, generated: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p(generated | prompt) under the HF AR model, and the token count."""
+def _ar_nll(model, prompt: torch.Tensor, generated: torch.Tensor, eos_id: int) -> tuple[float, int]:
+    """Sum of -log p(generated | prompt, no EOS) under the HF AR model (EOS column removed before the
+    softmax: the texts were generated with EOS banned), and the token count."""
     ids = torch.cat([prompt, generated], dim=1)
     logits = model(ids).logits[:, prompt.shape[1] - 1 : -1].float()
+    logits = logits.index_fill(-1, torch.tensor([eos_id]), float("-inf"))
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), generated.reshape(-1),
                                             reduction="sum")
     return float(nll), generated.numel()
@@ -62,7 +96,7 @@ def _prompts(loaded, texts: list[str], prompt_tokens: int) -> list[torch.Tensor]
 
 
 def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[str], prompt_tokens: int = 16,
-                gen_tokens: list[int] = (128, 512), threads: int = 2, seed: int = 0, rounds: int = 3,
+                gen_tokens: list[int] = (112, 512), threads: int = 2, seed: int = 0, rounds: int = 3,
                 ppl: dict | None = None, out: str = "benchmarks/results/block.json") -> dict:
     """Tokens/s (median of ``rounds`` interleaved rounds), NFE and quality per row; ratios against
     ``ar_hf_generate`` at the same length."""
@@ -73,6 +107,11 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
     torch.set_num_threads(threads)
     hf = AutoModelForCausalLM.from_pretrained(ar_hf, dtype=torch.float32).eval()
     loaded = load_model_dir(block_model)
+    eos_id = loaded.tokenizer.eos_id
+    if hf.generation_config.eos_token_id not in (None, eos_id):
+        raise ValueError(f"ar_hf's EOS id {hf.generation_config.eos_token_id} differs from block_model's {eos_id}: "
+                         "the two models must share the tokenizer")
+    decoded = NoEOS(loaded.model, eos_id)
     prompt_ids = _prompts(loaded, prompts, prompt_tokens)
     rows = []
     for n in gen_tokens:
@@ -96,13 +135,14 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
                         nfe += n
                     else:
                         g = torch.Generator().manual_seed(seed + i)
-                        res = sampler(loaded.model, batch_size=1, length=prompt.shape[1] + n, prompt=prompt,
+                        res = sampler(decoded, batch_size=1, length=prompt.shape[1] + n, prompt=prompt,
                                       generator=g)
                         seconds += res.seconds
                         nfe += res.nfe
                         generated = res.tokens[:, prompt.shape[1]:]
                     if r == 0:
-                        s, c = _ar_nll(hf, prompt, generated)
+                        assert not (generated == eos_id).any(), name  # the rule held
+                        s, c = _ar_nll(hf, prompt, generated, eos_id)
                         nll, count = nll + s, count + c
                         ent.append(_entropy(generated))
                         texts.append(loaded.tokenizer.decode(generated[0].tolist()))
@@ -126,7 +166,8 @@ def bench_block(*, ar_hf: str, block_model: str, samplers: dict, prompts: list[s
         if r["gen_tokens"] in nocache:
             r["speedup_vs_nocache"] = r["tokens_per_s"] / nocache[r["gen_tokens"]]
     report = {"task": "block", "ar_hf": ar_hf, "block_model": block_model, "threads": threads,
-              "torch": torch.__version__, "prompt_tokens": prompt_tokens, "prompts": len(prompts), "rounds": rounds, "rows": rows,
+              "torch": torch.__version__, "eos_rule": "banned in generation, removed from the judge's softmax",
+              "prompt_tokens": prompt_tokens, "prompts": len(prompts), "rounds": rounds, "rows": rows,
               "provenance": provenance(seed=seed, settings={"samplers": samplers, "gen_tokens": list(gen_tokens),
                                                             "prompt_tokens": prompt_tokens, "rounds": rounds},
                                        model={"block_model": loaded.model, "ar_hf": hf}, source=loaded.path)}
