@@ -110,6 +110,10 @@ class ConvDenoiser(nn.Module):
         self.final_modulation = AdaLNModulation(cond_dim, dim, 2) if time_conditioned else None
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, vocab_size))
 
+    def shard_units(self) -> list[nn.Module]:
+        """The sharding units of FSDP2 (``dlm.types.Shardable``): one per residual block."""
+        return list(self.layers)
+
     def embed_input(self, tokens_or_probs: Tensor, keep: Tensor | None = None) -> Tensor:
         """ids (B, L) -> ReLU(Conv(onehot)); probs (B, L, V) -> ReLU(Conv(probs)), differentiable. -> (B, L, dim).
         ``keep`` (B, L, 1): zero the input at padded positions first."""

@@ -167,3 +167,16 @@ def test_dlm_train_model_conv_exports_a_directory_that_samples(tmp_path):
     assert isinstance(loaded.model, ConvDenoiser) and loaded.family is Family.MASKED
     out = FirstHittingSampler()(loaded.model, batch_size=2, length=32, generator=torch.Generator().manual_seed(0))
     assert out.tokens.shape == (2, 32) and not (out.tokens == loaded.model.mask_id).any()
+
+
+def test_both_backbones_declare_their_sharding_units():
+    """trainer=fsdp shards what the model declares (dlm.types.Shardable), one unit per block."""
+    from dlm.models.conv import ConvDenoiser
+    from dlm.models.transformer import Transformer
+    from dlm.types import Shardable
+
+    conv = ConvDenoiser(vocab_size=8, mask_id=7, dim=16, kernel_size=3, dilations=[1, 2], num_stacks=1)
+    tr = Transformer(vocab_size=8, mask_id=7, dim=16, n_layers=3, n_heads=2, max_seq_len=8)
+    for model in (conv, tr):
+        assert isinstance(model, Shardable)
+        assert model.shard_units() == list(model.layers) and len(model.shard_units()) >= 2
