@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench block-recipe bench-block bench-edlm lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-unit: install
 
 bench: install
 	$(BIN)/dlm-bench train
+
+# every benchmark, then benchmarks/README.md (bench-all-quick: small settings into benchmarks/quick/)
+bench-all: install
+	$(BIN)/dlm-bench all
+
+bench-all-quick: install
+	$(BIN)/dlm-bench all --quick
 
 # CPU block-diffusion recipe: pretrain a small AR model, convert it to Hugging Face format and
 # back as a block-causal dlm model, adapt it as block diffusion (block size 4), evaluate both.

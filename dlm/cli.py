@@ -257,6 +257,7 @@ def bench() -> None:
     """
     if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
         sys.argv[1] = f"task={sys.argv[1]}"
+    sys.argv[1:] = ["quick=true" if a == "--quick" else a for a in sys.argv[1:]]  # dlm-bench all --quick
     sys.argv[1:] = [_task_override(a) for a in sys.argv[1:]]
     _bench()
 
