@@ -243,6 +243,24 @@ def demo(cfg: DictConfig) -> None:
     _print_json(run_demo(cfg, conf_dir=Path(CONF_DIR)))
 
 
+@command("fit_oracle")
+def fit_oracle(cfg: DictConfig) -> None:
+    """dlm-fit-oracle out=<dir> [oracle_table=gb1|mpra oracle_network=mlp|cnn]: train a sequence -> value oracle."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dlm.io.reward_dir import fit_oracle_dir
+
+    torch.set_num_threads(int(cfg.threads))
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    table = cfg.oracle_table
+    _print_json(fit_oracle_dir(cfg.out, train=instantiate(table.train), test=instantiate(table.test),
+                               network=spec["oracle_network"], steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, seed=cfg.seed, shuffle_labels=bool(cfg.shuffle_labels),
+                               request={"train": spec["oracle_table"]["train"], "test": spec["oracle_table"]["test"]}))
+
+
 @command("bench")
 def _bench(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
@@ -358,7 +376,7 @@ def lm_eval_main() -> None:
 
 COMMANDS: dict[str, Callable[[], None]] = {
     "train": train, "eval-ppl": eval_ppl, "sample": sample, "eval-gen": eval_gen, "convert": convert,
-    "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main, "push": push,
+    "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main, "push": push, "fit-oracle": fit_oracle,
 }
 
 

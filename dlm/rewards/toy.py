@@ -7,6 +7,8 @@ the k-mer under independent positions; exact on one-hots (an integer count).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,9 @@ class GCContent:
         p = letter_probs(probs, self.alphabet)
         return (p[..., 1] + p[..., 2]).float().mean(-1)
 
+    def save(self, directory: Path) -> dict:  # closed form: the arguments rebuild it (reward_dir)
+        return {"_target_": "dlm.rewards.toy.GCContent", "length": self.length}
+
 
 class KmerCount:
     """Expected count of ``kmer`` under the per-position probabilities: (B, L, V) -> (B,)."""
@@ -45,10 +50,14 @@ class KmerCount:
 
     def __call__(self, probs: Tensor) -> Tensor:
         p = letter_probs(probs, self.alphabet).float()
-        k, n = len(self._ids), p.shape[1] - len(self._ids) + 1
+        n = p.shape[1] - len(self._ids) + 1
         if n <= 0:
             return p.new_zeros(p.shape[0])
         windows = torch.ones(p.shape[0], n, dtype=p.dtype, device=p.device)
         for j, letter in enumerate(self._ids):
             windows = windows * p[:, j:j + n, letter]
         return windows.sum(-1)
+
+    def save(self, directory: Path) -> dict:  # closed form: the arguments rebuild it (reward_dir)
+        return {"_target_": "dlm.rewards.toy.KmerCount", "kmer": self.kmer, "alphabet": self.alphabet,
+                "length": self.length}
