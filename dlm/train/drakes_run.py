@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -47,12 +46,11 @@ from dlm.io.record import Family
 from dlm.objectives.drakes import DrakesLoss
 from dlm.rewards.oracle import OracleReward
 from dlm.rewards.protocol import RewardModel, check_reward_fits
-from dlm.train.callbacks import KeepLogHistory
 from dlm.train.console import quiet_lightning
 from dlm.train.lsd_run import VAL_SEED, Ticks, build_objective
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, check_compatible, world_size
+from dlm.train.run import accumulation, check_compatible, fit, world_size
 
 CURVE_KEYS = ("reward", "kl_exact", "kl_public", "unique_fraction", "hamming")
 
@@ -251,18 +249,9 @@ def run_drakes(cfg: DictConfig) -> dict:
                   "num_steps": loss.num_steps, "truncate_steps": loss.truncate_steps, "gumbel_temp": loss.gumbel_temp,
                   "alpha": loss.alpha, "kl_estimator": loss.kl_estimator}
     extra = {k: v for k, v in loaded.meta.items() if k not in RESERVED and k != "drakes"} | {"drakes": provenance}
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [ExportFinetuned(path=run_dir / "model", base=loaded, extra=extra, config_yaml=config_yaml),
-                  KeepLogHistory()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
-                          default_root_dir=str(run_dir), use_distributed_sampler=False)
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "config.yaml", config_yaml)
-    trainer.fit(module, ckpt_path=resume)
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    export = ExportFinetuned(path=run_dir / "model", base=loaded, extra=extra, config_yaml=config_yaml)
+    trainer = fit(cfg, module, callbacks=[export], run_dir=run_dir, accumulate=accumulate, resume=resume,
+                  config_yaml=config_yaml)
     curve = module.curve
     first, last = (curve[0], curve[-1]) if curve else ({}, {})
     summary = {"run_dir": str(run_dir), "model_dir": str(run_dir / "model"), "checkpoint": str(ckpt_dir / "last.ckpt"),

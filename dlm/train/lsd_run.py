@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -44,11 +43,10 @@ from dlm.io.record import Family
 from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
 from dlm.objectives.lsd import LSDLoss
 from dlm.samplers.canvas import init_canvas
-from dlm.train.callbacks import KeepLogHistory, StepRowBeforeCheckpoint
 from dlm.train.console import quiet_lightning
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, check_compatible, world_size
+from dlm.train.run import accumulation, check_compatible, fit, world_size
 
 VAL_SEED = 10_000  # validation generators are seeded VAL_SEED + batch index: the same draws at every validation
 
@@ -192,17 +190,8 @@ def run_lsd(cfg: DictConfig) -> dict:
             "noise_schedule": loaded.record.schedule_spec, "trained_for": str(cfg.init_from),
             "length": int(cfg.data.seq_len)}
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [ExportSchedule(path=run_dir / "schedule", meta=meta), KeepLogHistory(), StepRowBeforeCheckpoint()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
-                          default_root_dir=str(run_dir), use_distributed_sampler=False)
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "config.yaml", config_yaml)
-    trainer.fit(module, ckpt_path=resume)
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    trainer = fit(cfg, module, callbacks=[ExportSchedule(path=run_dir / "schedule", meta=meta)], run_dir=run_dir,
+                  accumulate=accumulate, resume=resume, config_yaml=config_yaml)
     summary = {"run_dir": str(run_dir), "schedule_dir": str(run_dir / "schedule"),
                "checkpoint": str(ckpt_dir / "last.ckpt"), "step": trainer.global_step, "kind": "step_schedule",
                "fingerprint": fingerprint, "num_steps": loss.num_steps, "learn_grid": loss.learn_grid,

@@ -120,6 +120,26 @@ def load_tokenizer_from(path: str):
         raise ConfigError(str(e)) from e
 
 
+def fit(cfg: DictConfig, module: L.LightningModule, *, callbacks: list[L.Callback], run_dir: Path, accumulate: int,
+        resume: str | None, config_yaml: str, datamodule: L.LightningDataModule | None = None) -> L.Trainer:
+    """The end every recipe shares (dlm-train, LSD, DRAKES): the config's callbacks, the recipe's own, then
+    KeepLogHistory and StepRowBeforeCheckpoint (after every callback that logs train metrics; Lightning
+    moves ModelCheckpoint last), the logger, the Trainer, ``config.yaml`` on rank 0, fit, and a wandb run
+    closed (its exit-time messages would otherwise follow the JSON summary line)."""
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None] + callbacks
+    callbacks += [KeepLogHistory(), StepRowBeforeCheckpoint()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
+                          default_root_dir=str(run_dir), use_distributed_sampler=False)
+    if trainer.is_global_zero:
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    return trainer
+
+
 def run(cfg: DictConfig) -> dict | None:
     check_train_config(cfg)  # unknown top-level keys, non-positive counts: before anything is built
     # --- LSD (issue 12): an objective that trains a sampler schedule of a frozen model has its own recipe
@@ -192,19 +212,8 @@ def run(cfg: DictConfig) -> dict | None:
         extra={"data": data_kwargs, **({"ar_softmax": objective.ar_softmax} if objective.family is Family.AR else {})},
         config_yaml=config_yaml,
     )
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    # StepRowBeforeCheckpoint after every callback that logs train metrics (ModelCheckpoint is moved last)
-    callbacks += [TokenThroughput(), export, KeepLogHistory(), StepRowBeforeCheckpoint()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, accumulate_grad_batches=accumulate, callbacks=callbacks, logger=logger,
-                          default_root_dir=str(run_dir), use_distributed_sampler=False)
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "config.yaml", config_yaml)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    # close a wandb run now: its exit-time messages would otherwise follow the JSON summary line
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    trainer = fit(cfg, module, callbacks=[TokenThroughput(), export], run_dir=run_dir, accumulate=accumulate,
+                  resume=resume, config_yaml=config_yaml, datamodule=datamodule)
     if not trainer.is_global_zero:
         return None  # one summary per run (rank 0's): other ranks of a script-launched run print nothing
     summary = {
