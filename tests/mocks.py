@@ -47,7 +47,11 @@ class OracleDenoiser(MockDenoiser):
         else:  # a subset of rows, or repeated rows (particles, candidates): find each row's sequence by its
             # visible tokens
             agree = ((xt[:, None] == self.mask_id) | (xt[:, None] == x0[None])).all(-1)
-            target = x0[agree.float().argmax(-1)]
+            index = agree.float().argmax(-1)
+            if xt.shape[0] == x0.shape[0]:  # a row no stored sequence agrees with (a proposal unrelated to the
+                # canvas): its own row, by position
+                index = torch.where(agree.any(-1), index, torch.arange(xt.shape[0], device=xt.device))
+            target = x0[index]
         logits = torch.full((*xt.shape, self.vocab_size), -1e4)
         return logits.scatter(-1, target[..., None], 1e4)
 
