@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm design-demo lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-edlm: install
 	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
 	test -f runs/demo_ar/model/model.json || $(BIN)/dlm-train experiment=demo_ar run_dir=runs/demo_ar
 	$(BIN)/dlm-bench edlm
+
+# GB1 sequence design: base model, fine-tuning oracle, DRAKES (alpha sweep + alpha = 0), then dlm-design for every
+# method at matched network calls; table benchmarks/results/design.json + plot. ~10 min on 2 CPU cores
+design-demo: install
+	$(BIN)/dlm-bench design
 
 lint: install
 	$(BIN)/ruff check dlm tests scripts

@@ -243,6 +243,90 @@ def demo(cfg: DictConfig) -> None:
     _print_json(run_demo(cfg, conf_dir=Path(CONF_DIR)))
 
 
+def reward_from(value: str | None, key: str, conf_dir: Path = Path(CONF_DIR)) -> tuple[object, str | None]:
+    """``key=<value>``: a saved reward directory (returned with its path) or a conf/reward name (path None)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dlm.errors import ConfigError
+    from dlm.rewards.reward_dir import REWARD_FILE, load_reward
+
+    if Path(value).expanduser().is_dir():
+        if not (Path(value).expanduser() / REWARD_FILE).is_file():
+            raise ConfigError(f"{key}={value} is a directory without {REWARD_FILE}; pass a reward directory "
+                              "(dlm-fit-oracle, dlm.io.reward_dir.save_reward) or a conf/reward name")
+        return load_reward(value), str(value)
+    named = conf_dir / "reward" / f"{value}.yaml"
+    if not named.is_file():
+        names = sorted(p.stem for p in (conf_dir / "reward").glob("*.yaml"))
+        raise ConfigError(f"{key}={value!r} is neither a reward directory nor a conf/reward name ({', '.join(names)})")
+    spec = OmegaConf.load(named)
+    if OmegaConf.missing_keys(spec):
+        raise ConfigError(f"{key}={value} needs {sorted(OmegaConf.missing_keys(spec))}: pass {key}=<reward directory> "
+                          "instead")
+    return instantiate(spec), None
+
+
+@command("design", CONF_DIR + "/eval")
+def design(cfg: DictConfig) -> None:
+    """dlm-design model=<dir> reward=<dir|name> method=<base|drakes|svdd|smc|cg|best_of_n> num_samples=<n> out=designs.csv"""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from dlm.errors import ConfigError
+    from dlm.eval.design_job import (
+        check_design_reward,
+        design_space,
+        design_to_file,
+        output_format,
+        pretrained_dir,
+        recorded_reward,
+    )
+    from dlm.eval.model_dir import pick_device
+    from dlm.io.model_dir import load_model_dir
+
+    method = cfg.method
+    loaded = load_model_dir(cfg.model, device=pick_device(cfg.device))
+    drakes = loaded.meta.get("drakes") if isinstance(loaded.meta.get("drakes"), dict) else {}
+    alphabet = design_space(loaded, cfg.length)[0]  # refuses a text model
+    output_format(Path(cfg.out))  # cheap refusals first: the extension, a DRAKES model for method=drakes
+    pretrained_dir(loaded, str(method.name), cfg.pretrained)
+    if cfg.reward is None and method.uses_reward:
+        raise ConfigError(f"method={method.name} steers with a reward: pass reward=<reward dir | conf/reward name>")
+    # a DRAKES model's own fine-tuning reward (its model.json records it) is the reward unless one is given:
+    # the evaluation oracle is then checked against it
+    if cfg.reward is not None:
+        reward_label = str(cfg.reward)
+        reward, reward_path = reward_from(reward_label, "reward")
+    else:
+        reward, reward_path, reward_label = recorded_reward(drakes, model=str(cfg.model))
+    # refused before the evaluation oracle and the measured data are read (GB1's table takes seconds)
+    check_design_reward(loaded, reward, key="reward", method=str(method.name), needs_gradient=bool(method.needs_gradient),
+                        length=cfg.length)
+    space = cfg.design_spaces.get(alphabet) or {}
+    eval_name = cfg.eval_reward if cfg.eval_reward is not None else space.get("eval_reward")
+    if eval_name is None:
+        raise ConfigError(f"no default evaluation oracle for the alphabet {alphabet!r}: pass eval_reward=<dir | name>")
+    eval_reward, eval_path = reward_from(str(eval_name), "eval_reward")
+    with open_dict(cfg):
+        cfg.num_steps = cfg.num_steps or drakes.get("num_steps") or cfg.default_num_steps
+    sampler_cfg = OmegaConf.create(OmegaConf.to_container(method.sampler, resolve=True))
+    sampler_cfg.pop("reward", None)  # given built, below
+    sampler = instantiate_sampler(sampler_cfg, loaded.schedule, **({"reward": reward} if method.uses_reward else {}))
+    target_alpha = cfg.target_alpha if cfg.target_alpha is not None else sampler_cfg.get("alpha", drakes.get("alpha"))
+    measured_cfg = space.get("measured")
+    _print_json(design_to_file(
+        loaded=loaded, sampler=sampler, method=str(method.name), needs_gradient=bool(method.needs_gradient),
+        reward=reward, reward_label=reward_label, reward_path=reward_path,
+        eval_reward=eval_reward, eval_label=str(eval_name), eval_path=eval_path, num_samples=cfg.num_samples,
+        length=cfg.length, batch_size=cfg.batch_size, seed=cfg.seed, out=cfg.out, pretrained=cfg.pretrained,
+        allow_same_oracle=bool(cfg.allow_same_oracle),
+        threshold=cfg.threshold if cfg.threshold is not None else space.get("threshold"),
+        log_lik_samples=cfg.log_lik_samples, measured=None if measured_cfg is None else lambda: instantiate(measured_cfg),
+        top_fraction=cfg.top_fraction,
+        target_alpha=target_alpha if target_alpha else None, overwrite=bool(cfg.overwrite)))
+
+
 @command("fit_oracle")
 def fit_oracle(cfg: DictConfig) -> None:
     """dlm-fit-oracle out=<dir> [oracle_table=gb1|mpra oracle_network=mlp|cnn]: train a sequence -> value oracle."""
@@ -319,8 +403,9 @@ def sampler_from_conf(name: str, keys: dict, schedule) -> object:
     return instantiate_sampler(cfg.sampler, schedule)
 
 
-def instantiate_sampler(sampler_cfg: DictConfig, schedule) -> object:
-    """The sampler of ``sampler_cfg``; ``schedule: null`` becomes ``schedule`` (the model's own).
+def instantiate_sampler(sampler_cfg: DictConfig, schedule, **given: object) -> object:
+    """The sampler of ``sampler_cfg``; ``schedule: null`` becomes ``schedule`` (the model's own); ``given``:
+    further built arguments (dlm-design's ``reward=``), passed to the sampler itself, not to a wrapper's base.
 
     The schedule goes to the built partial, not to ``instantiate``: Hydra turns a dataclass argument
     into an empty config, which reads as "no schedule" and silently samples on the log-linear one.
@@ -331,7 +416,7 @@ def instantiate_sampler(sampler_cfg: DictConfig, schedule) -> object:
     base_cfg = sampler_cfg.get("base")
     if isinstance(base_cfg, DictConfig) and "_target_" in base_cfg:  # a wrapper (best_of_n): its base gets it too
         extra["base"] = instantiate_sampler(base_cfg, schedule)
-    return instantiate(sampler_cfg, _partial_=True)(**extra)
+    return instantiate(sampler_cfg, _partial_=True)(**extra, **given)
 
 
 def option_value(args: list[str], name: str) -> str | None:
@@ -377,6 +462,7 @@ def lm_eval_main() -> None:
 COMMANDS: dict[str, Callable[[], None]] = {
     "train": train, "eval-ppl": eval_ppl, "sample": sample, "eval-gen": eval_gen, "convert": convert,
     "demo": demo, "bench": bench, "train-policy": train_policy, "lm-eval": lm_eval_main, "push": push, "fit-oracle": fit_oracle,
+    "design": design,
 }
 
 
