@@ -39,7 +39,7 @@ from dlm.errors import CheckpointError, ConfigError, DlmError
 from dlm.eval.design import app_log_lik, design_diversity, reward_stats
 from dlm.eval.design_exact import cells_of, enumerable
 from dlm.eval.design_space import space_metrics
-from dlm.eval.sample_job import check_samples_path
+from dlm.eval.sample_job import check_samples_path, rows_start_with_bos
 from dlm.io.atomic import atomic_file, write_json_atomic
 from dlm.io.model_dir import LoadedModel, load_model_dir
 from dlm.io.provenance import provenance
@@ -163,7 +163,7 @@ def design_space(loaded: LoadedModel, length: int | None) -> tuple[str, int, lis
         raise ConfigError(f"model={loaded.path} is not a DNA / protein masked-diffusion model (tokenizer "
                           f"{tokenizer.name}); dlm-design needs one trained with tokenizer=dna or tokenizer=protein")
     length = int(length or loaded.record.seq_len)
-    prompt = [tokenizer.bos_id] if loaded.record.keep_first_token and tokenizer.bos_id is not None else []
+    prompt = [tokenizer.bos_id] if rows_start_with_bos(tokenizer, keep_first_token=loaded.record.keep_first_token) else []
     return tokenizer.letters, length, prompt
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dlm.data.tokenizers.bio import LetterTokenizer
 from dlm.errors import ConfigError
 from dlm.eval.finite_outputs import FiniteOutputs
 from dlm.eval.model_dir import pick_device
@@ -34,13 +35,22 @@ from dlm.samplers.canvas import check_length
 from dlm.types import Sampler
 
 
-def prompt_ids(tokenizer, prompt: str | None, *, family: Family) -> list[int]:
-    """[BOS] (when the tokenizer has one) followed by ``tokenizer.encode(prompt)``.
+def rows_start_with_bos(tokenizer, *, keep_first_token: bool) -> bool:
+    """Whether a model's training rows began with BOS: always for text (the text pipeline prepends it);
+    for DNA / protein letter tokenizers (rows are the letters alone, ``dlm.train.sequence_datamodule``)
+    only when the model was trained with ``keep_first_token`` (its first token is then a given BOS).
+    Sampling starts from what training started from, so no model sees a BOS it never saw."""
+    return tokenizer.bos_id is not None and (keep_first_token or not isinstance(tokenizer, LetterTokenizer))
 
-    Training rows start with BOS, so BOS is the natural unconditional prompt for every family; a
-    family that cannot start from nothing (AR: ``family.needs_prompt``) refuses an empty prompt.
+
+def prompt_ids(tokenizer, prompt: str | None, *, family: Family, bos: bool = True) -> list[int]:
+    """[BOS] (when ``bos`` and the tokenizer has one) followed by ``tokenizer.encode(prompt)``.
+
+    Training rows start with BOS (``rows_start_with_bos`` says when not), so BOS is the natural
+    unconditional prompt; a family that cannot start from nothing (AR: ``family.needs_prompt``) refuses
+    an empty prompt.
     """
-    ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    ids = [tokenizer.bos_id] if bos and tokenizer.bos_id is not None else []
     if prompt:
         ids += tokenizer.encode(prompt)
     if family.needs_prompt and not ids:
@@ -101,7 +111,8 @@ def sample_to_jsonl(
                           "classifier to sampler.guidance.classifier.path=)")
     # the sampler refuses, before any compute, a model it cannot decode (attention, shifted logits)
     sampler.check_model(loaded.model)
-    ids = prompt_ids(loaded.tokenizer, prompt, family=loaded.family)
+    ids = prompt_ids(loaded.tokenizer, prompt, family=loaded.family,
+                     bos=rows_start_with_bos(loaded.tokenizer, keep_first_token=loaded.record.keep_first_token))
     # a windowed sampler covers any length; the others are bounded by the model's context
     check_length(length, prompt_len=len(ids),
                  max_seq_len=None if sampler.extends_context else loaded.model.max_seq_len)

@@ -181,3 +181,26 @@ def test_ntk_rope_override_samples_past_the_training_context(model_dir, tmp_path
                               out=out, rope_scaling="ntk_auto:32")  # trained context: 16
     assert [len(r["tokens"]) for r in read(out)] == [32, 32]
     assert summary["overrides"]["max_seq_len"] == 32 and "rope_scaling" in summary["overrides"]
+
+
+def test_a_letter_model_trained_without_bos_samples_without_bos(tmp_path):
+    """DNA / protein rows are the letters alone unless the model kept a first (BOS) token: dlm-sample starts
+    from what training started from (before, every sample began with a BOS the model never saw)."""
+    from dlm.data.tokenizers.bio import DNATokenizer
+    from dlm.eval.sample_job import rows_start_with_bos
+
+    tok = DNATokenizer()
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": 16, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
+    torch.manual_seed(0)
+    for keep, first in ((False, None), (True, tok.bos_id)):
+        path = save_model_dir(tmp_path / f"dna_{keep}", model=build(spec), model_spec=spec, tokenizer=tok,
+                              family=Family.MASKED, seq_len=16, keep_first_token=keep)
+        sample_to_jsonl(path, AncestralSampler(num_steps=4), num_samples=8, length=12, device="cpu",
+                        out=tmp_path / f"s_{keep}.jsonl")
+        rows = [r["tokens"] for r in read(tmp_path / f"s_{keep}.jsonl")]
+        if first is None:  # position 0 is sampled like every other (before: a given BOS in every row)
+            assert not all(r[0] == tok.bos_id for r in rows)
+        else:
+            assert all(r[0] == first for r in rows)
+    assert rows_start_with_bos(CharTokenizer(), keep_first_token=False)  # text rows always start with BOS
