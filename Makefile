@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm design-demo lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench-edlm: install
 	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
 	test -f runs/demo_ar/model/model.json || $(BIN)/dlm-train experiment=demo_ar run_dir=runs/demo_ar
 	$(BIN)/dlm-bench edlm
+
+# LSD / LSD+ schedules (4, 8, 16 steps) vs the base sampler at matched entropy, on the demo RADD model;
+# the independent judge is dlm-bench edlm's (runs/bench_edlm/judge, trained when absent). ~25 min on 2 cores
+bench-lsd: install
+	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
+	OMP_NUM_THREADS=2 $(BIN)/dlm-bench lsd
 
 # GB1 sequence design: base model, fine-tuning oracle, DRAKES (alpha sweep + alpha = 0), then dlm-design for every
 # method at matched network calls; table benchmarks/results/design.json + plot. ~10 min on 2 CPU cores

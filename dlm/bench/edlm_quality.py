@@ -16,59 +16,22 @@ with entropy >= 0.95x the base's.
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from dlm.eval.diversity import mean_entropy
+from dlm.bench.judged_quality import gen_ppl_with_se, independent_judge, train
 from dlm.eval.gen_job import read_sample_texts
-from dlm.eval.gen_ppl import generative_perplexity_of_ids, load_judge
+from dlm.eval.gen_ppl import load_judge
 from dlm.eval.sample_job import sample_to_jsonl
 from dlm.io.atomic import write_json_atomic
 from dlm.io.energy_dir import load_energy
 from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import provenance
 from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.importance import ImportanceSampler
-
-
-def judge_corpus(path: Path) -> Path:
-    """The judge's training documents: odd-numbered pydoc topics (the denoiser and energies train on all
-    topics but every 20th), written as JSONL."""
-    from pydoc_data.topics import topics
-
-    keys = sorted(topics)
-    with path.open("w") as f:
-        for i, k in enumerate(keys):
-            if i % 2 == 1:
-                f.write(json.dumps({"text": topics[k]}) + "\n")
-    return path
-
-
-def train(args: list[str], run_dir: Path) -> Path:
-    """Run ``dlm-train`` (a subprocess: Lightning owns the process) and return the exported model directory."""
-    if not (run_dir / "model" / "model.json").is_file():
-        subprocess.run([sys.executable, "-m", "dlm", "train", *args, f"run_dir={run_dir}"], check=True,
-                       stdout=subprocess.DEVNULL)
-    return run_dir / "model"
-
-
-def gen_ppl_with_se(texts: list[str], judge) -> dict:
-    """Pooled gen-PPL over samples and its standard error (ratio estimator, delta method)."""
-    ids = [judge.encode(t) for t in texts]
-    per = [generative_perplexity_of_ids([s], judge, progress=False) for s in ids]  # one bar per text would flood
-    nll = torch.tensor([p["nll"] * p["tokens"] for p in per], dtype=torch.float64)
-    tok = torch.tensor([p["tokens"] for p in per], dtype=torch.float64)
-    mean = float(nll.sum() / tok.sum())
-    n = len(per)
-    resid = nll - mean * tok
-    se_log = float(resid.std(unbiased=True) / math.sqrt(n) / tok.mean()) if n > 1 else float("nan")
-    ppl = math.exp(mean)
-    return {"gen_ppl": ppl, "gen_ppl_se": ppl * se_log, "entropy": mean_entropy(ids)}
 
 
 def run_row(model_dir: Path, sampler, *, name: str, judge, length: int, num_samples: int, batch1_samples: int,
@@ -118,13 +81,12 @@ def bench_edlm(*, radd: str, ar: str, nce: str | None = None, judge: str | None 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if judge is None:
-        corpus = judge_corpus(work / "judge_corpus.jsonl")
-        judge = str(train(["experiment=demo_ar", "seed=1", "data=text_file", f"data.source={corpus.resolve()}"],
-                          work / "judge"))
+        judge = independent_judge(work)
     if nce is None:
         nce = str(train(["experiment=edlm_nce_demo", f"init_from={Path(radd).resolve()}"], work / "nce"))
     scorer = load_judge(judge, device="cpu")
-    schedule = load_model_dir(radd).schedule
+    denoiser = load_model_dir(radd)
+    schedule = denoiser.schedule
     energies = {"ar": load_energy(ar, denoiser=radd), "nce": load_energy(nce, denoiser=radd)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +119,11 @@ def bench_edlm(*, radd: str, ar: str, nce: str | None = None, judge: str | None 
               "torch": torch.__version__, "reference": ref["name"], "rows": rows,
               "best": None if best is None else best["name"],
               "best_time_ratio": None if best is None else best["time_ratio_vs_ref"],
-              "target_met": best is not None and best["time_ratio_vs_ref"] <= 0.77}
+              "target_met": best is not None and best["time_ratio_vs_ref"] <= 0.77,
+              "provenance": provenance(seed=seed, settings={"base_steps": base_steps, "edlm_steps": edlm_steps, "ks": ks,
+                                                            "windows": windows, "reference_steps": reference_steps},
+                                       model={"radd": denoiser.model, "judge": scorer.model, **energies},
+                                       source=denoiser.path)}
     write_json_atomic(Path(out), report)
     if plot:
         plot_rows(rows, Path(plot))

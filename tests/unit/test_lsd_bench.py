@@ -1,0 +1,165 @@
+"""dlm-bench lsd in quick mode on tiny models, the matched-entropy temperature search, and the schedule
+display of ``dlm-sample ... info=true``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+from cli_helpers import BIN
+
+from dlm.bench.lsd_quality import bench_lsd, match_temperature
+from dlm.data.tokenizers.char import CharTokenizer
+from dlm.errors import ConfigError
+from dlm.eval.schedule_info import schedule_info, schedule_table
+from dlm.io.model_dir import load_model_dir, save_model_dir
+from dlm.io.record import Family
+from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
+from dlm.io.spec import build
+from dlm.samplers.learned_schedule import StepSchedule
+
+SEQ = 16
+
+
+def export(path, family: Family, seed: int):
+    tok = CharTokenizer()
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": SEQ, "attention": family.attention, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id,
+            "init_std": 0.2}
+    torch.manual_seed(seed)
+    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, family=family, seq_len=SEQ,
+                          schedule_spec={"_target_": "dlm.diffusion.schedule.LogLinearSchedule"})
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lsd_bench")
+    return {"radd": export(root / "radd", Family.MASKED, 0), "judge": export(root / "judge", Family.AR, 1), "root": root}
+
+
+def softmax_entropy(logits: torch.Tensor):
+    """A toy 'sampler': the entropy of softmax(logits / T), increasing in T from 0 to log V."""
+    return lambda t: float(torch.distributions.Categorical(logits=logits / t).entropy())
+
+
+TOY = torch.tensor([3.0, 1.0, 0.5, 0.0, -1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("target_temperature", [0.7, 1.0, 1.6])
+def test_the_temperature_search_matches_a_reachable_entropy(target_temperature):
+    entropy_at = softmax_entropy(TOY)
+    target = entropy_at(target_temperature)
+    found = match_temperature(entropy_at, target, tolerance=0.02, refine_tolerance=0.0025,
+                              temperature_range=(0.5, 2.0), max_evals=8)
+    assert abs(found.entropy / target - 1) <= 0.02 and abs(found.relative_error) <= 0.02
+    assert found.entropy == pytest.approx(entropy_at(found.temperature))
+    assert len(found.evaluations) <= 8
+    # refined to within 0.25 % when the budget allows: the temperature itself is close
+    assert abs(found.relative_error) <= 0.0025 and found.temperature == pytest.approx(target_temperature, rel=0.05)
+
+
+def test_an_unreachable_entropy_is_refused_naming_the_range():
+    entropy_at = softmax_entropy(TOY)
+    too_high = math.log(len(TOY)) * 1.5  # above the uniform distribution's entropy: no temperature reaches it
+    with pytest.raises(ConfigError, match=r"temperature_range=\[0.5, 2.0\].*widen temperature_range"):
+        match_temperature(entropy_at, too_high, temperature_range=(0.5, 2.0), max_evals=20)
+    with pytest.raises(ConfigError, match="temperature_range"):  # reachable in principle, not in this range
+        match_temperature(entropy_at, entropy_at(5.0), temperature_range=(0.5, 2.0), max_evals=20)
+
+
+def test_a_search_out_of_evaluations_is_refused_naming_max_search_evals():
+    entropy_at = softmax_entropy(TOY)
+    with pytest.raises(ConfigError, match="max_search_evals=2"):
+        match_temperature(entropy_at, entropy_at(0.55), temperature_range=(0.5, 2.0), max_evals=2)
+
+
+def test_quick_bench_runs_end_to_end(dirs, tmp_path):
+    out, plot = tmp_path / "lsd.json", tmp_path / "lsd.png"
+    summary = bench_lsd(radd=str(dirs["radd"]), judge=str(dirs["judge"]), work_dir=str(tmp_path / "work"), quick=True,
+                        out=str(out), plot=str(plot))
+    report = json.loads(out.read_text())
+    assert summary["out"] == str(out) and plot.stat().st_size > 0
+    for key in ("rows", "closures", "training", "target", "settings", "seeds", "provenance", "load_average",
+                "wall_seconds", "judge", "radd"):
+        assert key in report, key
+    assert report["provenance"]["dlm_version"] and set(report["provenance"]["model_fingerprint"]) == {"radd", "judge"}
+    assert report["settings"]["quick"] and report["settings"]["steps"] == [2]
+    # an LSD and an LSD+ schedule trained through dlm-train, with their seconds and learned values
+    assert {(t["variant"], t["steps"]) for t in report["training"]} == {("lsd", 2), ("lsd_plus", 2)}
+    for t in report["training"]:
+        assert t["train_seconds"] > 0 and len(t["logit_scales"]) == 2 and len(t["timesteps"]) == 3
+        assert (tmp_path / "work" / f"{t['variant']}_2" / "schedule" / "schedule.json").is_file()
+    families = {r["family"] for r in report["rows"]}
+    assert {"teacher", "base", "lsd", "lsd_plus"} <= families
+    for r in report["rows"]:
+        if r.get("matched") is False:  # a refused search is recorded with its one-line reason
+            assert "temperature_range" in r["error"] or "max_search_evals" in r["error"]
+            continue
+        assert {"gen_ppl", "gen_ppl_se", "entropy", "seconds_per_sample", "temperature"} <= set(r)
+        assert r["gen_ppl"] > 0 and r["gen_ppl_se"] >= 0
+        if r.get("matched"):  # matched rows hit the entropy tolerance
+            assert abs(r["entropy_relative_error"]) <= report["settings"]["entropy_tolerance"]
+    for c in report["closures"]:
+        assert {"variant", "steps", "matched_temperature", "gap", "closed", "closure", "unmatched"} <= set(c)
+    assert set(report["target"]) >= {"closure", "closure_se", "met", "max_train_seconds", "train_time_met"}
+
+
+def test_bench_refuses_a_target_outside_the_steps(dirs, tmp_path):
+    with pytest.raises(ConfigError, match="target_steps=8"):
+        bench_lsd(radd=str(dirs["radd"]), judge=str(dirs["judge"]), steps=[4], target_steps=8, out=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="teacher_steps=4"):
+        bench_lsd(radd=str(dirs["radd"]), judge=str(dirs["judge"]), steps=[4], target_steps=4, teacher_steps=4,
+                  out=str(tmp_path / "x"))
+
+
+@pytest.fixture
+def schedule_dir(dirs, tmp_path):
+    steps = StepSchedule(4, learn_grid=True)
+    with torch.no_grad():
+        steps.grid_logits.copy_(torch.tensor([0.5, -0.2, 0.1, -0.4], dtype=torch.float64))
+        steps.log_logit_scales.copy_(torch.tensor([0.2, -0.1, 0.05, 0.0], dtype=torch.float64))
+    model = load_model_dir(dirs["radd"]).model
+    meta = {"num_steps": 4, "learn_grid": True, "learn_rates": False, "t_min": 0.0, "teacher_steps": 16,
+            "teacher_state": "student", "fingerprint": denoiser_fingerprint(model), "noise_schedule": None,
+            "trained_for": str(dirs["radd"]), "step": 7, **steps.describe()}
+    return save_schedule_dir(tmp_path / "schedule", state=steps.state_dict(), meta=meta), steps
+
+
+def test_schedule_info_shows_the_learned_grid_and_scalars(dirs, schedule_dir):
+    path, steps = schedule_dir
+    info = schedule_info(path, load_model_dir(dirs["radd"]).model)
+    t, c = steps.timesteps().tolist(), steps.logit_scales().tolist()
+    assert info["kind"] == "lsd_plus" and info["num_steps"] == 4 and info["fingerprint_matches"]
+    assert [r["t_start"] for r in info["steps"]] == t[:-1] and [r["t_end"] for r in info["steps"]] == t[1:]
+    assert [r["logit_scale"] for r in info["steps"]] == c and all(r["rate_scale"] == 1.0 for r in info["steps"])
+    assert sum(r["delta"] for r in info["steps"]) == pytest.approx(1.0)
+    assert info["teacher_steps"] == 16 and info["step"] == 7
+    table = schedule_table(info).splitlines()
+    assert len(table) == 2 + 4 and "lsd_plus" in table[0] and "matches" in table[0]
+    assert table[2].split()[:2] == ["0", "1.00000"] and f"{c[0]:.4f}" in table[2]
+    other = schedule_info(path, load_model_dir(dirs["judge"]).model)  # another network: named as a mismatch
+    assert not other["fingerprint_matches"] and "does NOT match" in schedule_table(other)
+
+
+def run_sample(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(BIN / "dlm-sample"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_dlm_sample_info_prints_the_schedule_and_does_not_sample(schedule_dir, tmp_path):
+    path, steps = schedule_dir
+    proc = run_sample("sampler=lsd_plus", f"sampler.schedule.path={path}", "info=true", f"out={tmp_path / 'x.jsonl'}",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    info = json.loads(lines[-1])
+    assert info["num_steps"] == 4 and len(info["steps"]) == 4 and "t_n" in lines[1] and "c_n" in lines[1]
+    assert not (tmp_path / "x.jsonl").exists()  # nothing sampled
+    refused = run_sample("sampler=ancestral", "info=true", cwd=tmp_path)
+    assert refused.returncode == 2 and "sampler.schedule.path" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
