@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo long-context lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ bench-lsd: install
 # method at matched network calls; table benchmarks/results/design.json + plot. ~10 min on 2 CPU cores
 design-demo: install
 	$(BIN)/dlm-bench design
+
+# Long context: the needle model (experiment=needle_demo, trained into runs/bench_long/needle unless there),
+# needle grids and the perplexity bound at 1x/2x/4x its training length, without and with NTK RoPE scaling.
+# ~20 min on 2 CPU cores, training included; table and plots in benchmarks/results/long_context*
+long-context: install
+	$(BIN)/dlm-bench long
 
 lint: install
 	$(BIN)/ruff check dlm tests scripts

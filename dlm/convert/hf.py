@@ -55,10 +55,32 @@ def _family(model_type: str) -> HFFamily:
     return FAMILIES[model_type]
 
 
+def rope_scaling_of(cfg) -> tuple[str | None, dict | None]:
+    """(rope type, the scaling dict) of a HF config: ``rope_scaling`` (older configs, ``type`` or
+    ``rope_type``) or ``rope_parameters`` (transformers >= 5); (None, None) without either."""
+    scaling = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None)
+    if not scaling:
+        return None, None
+    return scaling.get("rope_type") or scaling.get("type"), dict(scaling)
+
+
 def _check_semantics(cfg) -> None:
-    """Refuse configs whose maths the backbone does not implement (silently wrong logits otherwise)."""
-    scaling = getattr(cfg, "rope_scaling", None)
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
+    """Refuse configs whose maths the backbone does not implement (silently wrong logits otherwise).
+
+    ``dynamic`` RoPE scaling gets its own reason: HF's dynamic NTK recomputes the frequencies on every
+    call from the current sequence length (base' = base * (f * L / L_orig - (f - 1))^(D / (D - 2)) once
+    L > L_orig), so keys cached at one length were rotated with another base than later queries: a KV
+    cache (block decoding, dKV-Cache) then mixes rotations (transformers issue #25104; research note
+    block_diffusion_kv_rope.md §7.4). dlm's NTK is static (``dlm.nn.rope``): one base for every length.
+    """
+    kind, scaling = rope_scaling_of(cfg)
+    if kind == "dynamic":
+        raise ConfigError(f"rope_scaling={scaling}: dynamic NTK is refused: it recomputes the RoPE base from the "
+                          "current sequence length on every call, so keys cached at one length (block decoding's KV "
+                          "cache, dKV-Cache) were rotated with another base than later queries (transformers #25104); "
+                          "remove rope_scaling from config.json and extend the context after conversion with dlm's "
+                          "static NTK (rope_scaling=ntk_auto:<target_len>)")
+    if kind not in (None, "default"):
         raise ConfigError(f"rope_scaling={scaling} is not supported by the converter; dlm extends context with "
                           "its own NTK scaling (model.rope_scaling) after conversion")
     if getattr(cfg, "use_sliding_window", False):

@@ -11,6 +11,8 @@ describe the trained network, and is refused with the list of valid names.
     "ntk:<factor>"            ``dlm.nn.rope.NTK(factor)``
     "ntk_auto:<target_len>"   ``dlm.nn.rope.NTKAuto(train_len=<saved max_seq_len>, target_len)``; unless
                               ``max_seq_len`` is given too, the context becomes ``target_len``
+    "ntk_auto_diffusion:<target_len>"  ``dlm.nn.rope.NTKAutoDiffusion`` (UltraLLaDA's diffusion-aware
+                              cap: the same rule with both lengths doubled), the context as for ntk_auto
 or a ``dlm.nn.rope`` value (``NoScaling()``, ``NTK(...)``, ``NTKAuto(...)``) or its JSON spec.
 Applied overrides are recorded (JSON-able) in ``ModelRecord.overrides`` and ``meta["overrides"]``.
 """
@@ -24,12 +26,13 @@ import torch
 
 from dlm.errors import ConfigError
 from dlm.io.spec import accepted_arguments
-from dlm.nn.rope import NTK, NoScaling, NTKAuto
+from dlm.nn.rope import NTK, NoScaling, NTKAuto, NTKAutoDiffusion
 
 LOAD_OVERRIDES = ("rope_scaling", "max_seq_len", "attn_backend", "dtype", "device")
 SPEC_OVERRIDES = ("rope_scaling", "max_seq_len", "attn_backend")  # rebuild the model with these
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-ROPE_TARGETS = {cls: f"dlm.nn.rope.{cls.__name__}" for cls in (NTK, NTKAuto)}
+ROPE_TARGETS = {cls: f"dlm.nn.rope.{cls.__name__}" for cls in (NTK, NTKAuto, NTKAutoDiffusion)}
+AUTO_NAMES = {"ntk_auto": NTKAuto, "ntk_auto_diffusion": NTKAutoDiffusion}  # rope_scaling=<name>:<target_len>
 
 
 def check_override_names(overrides: dict[str, Any]) -> None:
@@ -44,7 +47,7 @@ def rope_scaling_spec(value: Any, *, train_len: int) -> dict | None:
     """The JSON spec of a ``rope_scaling`` override (None: plain RoPE); ``train_len`` is the saved context."""
     if value is None or isinstance(value, NoScaling):
         return None
-    if isinstance(value, NTK | NTKAuto):
+    if isinstance(value, NTK | NTKAuto | NTKAutoDiffusion):
         return {"_target_": ROPE_TARGETS[type(value)], **dataclasses.asdict(value)}
     if isinstance(value, dict) and str(value.get("_target_", "")).startswith("dlm.nn.rope."):
         return dict(value)
@@ -55,12 +58,13 @@ def rope_scaling_spec(value: Any, *, train_len: int) -> dict | None:
                 return None
             if name == "ntk":
                 return {"_target_": ROPE_TARGETS[NTK], "factor": float(arg)}
-            if name == "ntk_auto":
-                return {"_target_": ROPE_TARGETS[NTKAuto], "train_len": int(train_len), "target_len": int(arg)}
+            if name in AUTO_NAMES:
+                return {"_target_": ROPE_TARGETS[AUTO_NAMES[name]], "train_len": int(train_len), "target_len": int(arg)}
         except ValueError:
             pass
-    raise ConfigError(f"rope_scaling={value!r}; valid: 'none', 'ntk:<factor>', 'ntk_auto:<target_len>', or a "
-                      "dlm.nn.rope value (NoScaling(), NTK(factor), NTKAuto(train_len, target_len))")
+    raise ConfigError(f"rope_scaling={value!r}; valid: 'none', 'ntk:<factor>', 'ntk_auto:<target_len>', "
+                      "'ntk_auto_diffusion:<target_len>', or a dlm.nn.rope value (NoScaling(), NTK(factor), "
+                      "NTKAuto(train_len, target_len), NTKAutoDiffusion(train_len, target_len))")
 
 
 def parse_dtype(value: Any) -> torch.dtype:
@@ -86,7 +90,8 @@ def apply_spec_overrides(spec: dict, overrides: dict[str, Any], *, where: str) -
     if "rope_scaling" in given:
         rope = rope_scaling_spec(given["rope_scaling"], train_len=int(spec.get("max_seq_len") or 0))
         spec["rope_scaling"] = applied["rope_scaling"] = rope
-        if rope is not None and rope["_target_"] == ROPE_TARGETS[NTKAuto] and "max_seq_len" not in given:
+        auto = {ROPE_TARGETS[cls] for cls in AUTO_NAMES.values()}
+        if rope is not None and rope["_target_"] in auto and "max_seq_len" not in given:
             given["max_seq_len"] = rope["target_len"]  # extending to target_len is what ntk_auto asks for
     if "max_seq_len" in given:
         n = given["max_seq_len"]

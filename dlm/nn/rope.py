@@ -4,7 +4,8 @@ Convention: Llama / HF "rotate_half" (the two halves of the head dimension form 
 pairs, not adjacent even/odd entries), with tables computed exactly as HF transformers computes
 them, so converted Llama / Qwen checkpoints reproduce HF outputs bit for bit.
 
-Scaling is a *value* (``NoScaling()``, ``NTK(factor)``, ``NTKAuto(train_len, target_len)``): each
+Scaling is a *value* (``NoScaling()``, ``NTK(factor)``, ``NTKAuto(train_len, target_len)``,
+``NTKAutoDiffusion(train_len, target_len)``): each
 knows how to change the RoPE base theta, and ``rope_frequencies`` just asks it; nothing branches
 on names. In Hydra: ``model.rope_scaling={_target_: dlm.nn.rope.NTKAuto, train_len: 1024,
 target_len: 4096}``. All three change the base only (static NTK): no position interpolation, no
@@ -97,16 +98,57 @@ class NTKAuto:
             )
 
     def factor(self, theta: float, head_dim: int) -> float:
-        d_crit = critical_dim(head_dim, theta, self.train_len)
-        new_theta = (self.target_len / (2 * math.pi)) ** (head_dim / d_crit)
-        lam = new_theta / theta
-        return float(max(math.ceil(lam), 1)) if self.round_up else max(lam, 1.0)
+        return ntk_auto_factor(theta, head_dim, train_len=self.train_len, target_len=self.target_len,
+                               round_up=self.round_up)
 
     def scaled_theta(self, theta: float, head_dim: int) -> float:
         return theta * self.factor(theta, head_dim)
 
 
-RopeScaling = NoScaling | NTK | NTKAuto
+def ntk_auto_factor(theta: float, head_dim: int, *, train_len: int, target_len: int, round_up: bool) -> float:
+    """lambda = theta' / theta with theta' = (target_len / 2*pi)^(D / d_crit(train_len)) (``NTKAuto``), >= 1;
+    rounded up to an integer when ``round_up``."""
+    d_crit = critical_dim(head_dim, theta, train_len)
+    new_theta = (target_len / (2 * math.pi)) ** (head_dim / d_crit)
+    lam = new_theta / theta
+    return float(max(math.ceil(lam), 1)) if round_up else max(lam, 1.0)
+
+
+@dataclass(frozen=True)
+class NTKAutoDiffusion:
+    """UltraLLaDA's "diffusion-aware" NTK (arXiv 2510.10481): the critical-dimension rule of ``NTKAuto``
+    with both lengths doubled.
+
+    A bidirectional model trained on rows of T tokens sees relative distances in [-T, T], a span of 2T,
+    while a causal model only sees [0, T]; so the dimensions that completed a rotation during training
+    are those with period <= 2T (T_cap = 2 * train_len), and at the target the span is 2 * target_len
+    (T_Ecap):
+
+        d_crit = d_crit(D, theta, 2 * train_len),   theta' = (2 * target_len / 2*pi)^(D / d_crit)
+
+    LLaDA-8B 4k -> 16k: d_crit 70 (64 for ``NTKAuto``), lambda = 12.5 -> 13 (14 for ``NTKAuto``).
+    """
+
+    train_len: int
+    target_len: int
+    round_up: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target_len < self.train_len:
+            raise ConfigError(
+                f"rope_scaling NTKAutoDiffusion(train_len={self.train_len}, target_len={self.target_len}): "
+                "target_len must be >= train_len"
+            )
+
+    def factor(self, theta: float, head_dim: int) -> float:
+        return ntk_auto_factor(theta, head_dim, train_len=2 * self.train_len, target_len=2 * self.target_len,
+                               round_up=self.round_up)
+
+    def scaled_theta(self, theta: float, head_dim: int) -> float:
+        return theta * self.factor(theta, head_dim)
+
+
+RopeScaling = NoScaling | NTK | NTKAuto | NTKAutoDiffusion
 
 
 def rope_frequencies(
