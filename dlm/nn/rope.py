@@ -91,11 +91,7 @@ class NTKAuto:
     round_up: bool = True
 
     def __post_init__(self) -> None:
-        if self.target_len < self.train_len:
-            raise ConfigError(
-                f"rope_scaling NTKAuto(train_len={self.train_len}, target_len={self.target_len}): "
-                "target_len must be >= train_len"
-            )
+        check_target_len("NTKAuto", self.train_len, self.target_len)
 
     def factor(self, theta: float, head_dim: int) -> float:
         return ntk_auto_factor(theta, head_dim, train_len=self.train_len, target_len=self.target_len,
@@ -103,6 +99,13 @@ class NTKAuto:
 
     def scaled_theta(self, theta: float, head_dim: int) -> float:
         return theta * self.factor(theta, head_dim)
+
+
+def check_target_len(name: str, train_len: int, target_len: int) -> None:
+    """An automatic NTK extends the context: ``target_len`` below ``train_len`` is refused."""
+    if target_len < train_len:
+        raise ConfigError(f"rope_scaling {name}(train_len={train_len}, target_len={target_len}): "
+                          "target_len must be >= train_len")
 
 
 def ntk_auto_factor(theta: float, head_dim: int, *, train_len: int, target_len: int, round_up: bool) -> float:
@@ -134,11 +137,7 @@ class NTKAutoDiffusion:
     round_up: bool = True
 
     def __post_init__(self) -> None:
-        if self.target_len < self.train_len:
-            raise ConfigError(
-                f"rope_scaling NTKAutoDiffusion(train_len={self.train_len}, target_len={self.target_len}): "
-                "target_len must be >= train_len"
-            )
+        check_target_len("NTKAutoDiffusion", self.train_len, self.target_len)
 
     def factor(self, theta: float, head_dim: int) -> float:
         return ntk_auto_factor(theta, head_dim, train_len=2 * self.train_len, target_len=2 * self.target_len,

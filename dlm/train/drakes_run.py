@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from dlm.data.tokenizers.bio import LetterTokenizer
 from dlm.errors import ConfigError, DlmError
 from dlm.io.atomic import write_text_atomic
-from dlm.io.model_dir import RESERVED, LoadedModel, load_model_dir, save_model_dir
+from dlm.io.model_dir import RESERVED, LoadedModel, save_model_dir
 from dlm.io.record import Family
 from dlm.objectives.drakes import DrakesLoss
 from dlm.rewards.oracle import OracleReward
@@ -50,7 +50,7 @@ from dlm.train.console import quiet_lightning
 from dlm.train.lsd_run import VAL_SEED, Ticks, build_objective
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, check_compatible, fit, world_size
+from dlm.train.run import accumulation, fit, load_frozen_masked, world_size
 
 CURVE_KEYS = ("reward", "kl_exact", "kl_public", "unique_fraction", "hamming")
 
@@ -170,18 +170,11 @@ class ExportFinetuned(L.Callback):
 
 def load_pretrained(cfg: DictConfig, loss: DrakesLoss) -> LoadedModel:
     """The init_from directory: a masked-diffusion model, used exactly as exported."""
-    if not cfg.get("init_from"):
-        raise ConfigError("init_from=null: DRAKES fine-tunes a pretrained masked-diffusion model; pass "
-                          "init_from=<model dir> (e.g. runs/dna_base_demo/model)")
-    if cfg.get("init_overrides"):
-        raise ConfigError(f"init_overrides={OmegaConf.to_container(cfg.init_overrides)}: DRAKES fine-tunes the model "
-                          f"of init_from={cfg.init_from} as exported (the KL is to those weights); drop init_overrides")
-    loaded = load_model_dir(cfg.init_from)
-    if loaded.family is not Family.MASKED:
-        raise ConfigError(f"init_from={cfg.init_from} is a {loaded.family.kind!r} model; DRAKES fine-tunes a "
-                          "masked-diffusion model (dlm-train objective=mdlm or objective=radd)")
-    check_compatible(loaded.model, loss, seq_len=cfg.data.seq_len)
-    return loaded
+    return load_frozen_masked(
+        cfg, loss, null_fix="DRAKES fine-tunes a pretrained masked-diffusion model; pass init_from=<model dir> "
+                            "(e.g. runs/dna_base_demo/model)",
+        exported="DRAKES fine-tunes the model of init_from={} as exported (the KL is to those weights)",
+        family_fix="DRAKES fine-tunes a masked-diffusion model (dlm-train objective=mdlm or objective=radd)")
 
 
 def build_reward(cfg: DictConfig, loaded: LoadedModel, *, generated: int, prompt_len: int) -> RewardModel:

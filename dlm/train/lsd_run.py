@@ -38,15 +38,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from dlm.errors import ConfigError, DlmError
 from dlm.eval.sample_job import prompt_ids
 from dlm.io.atomic import write_text_atomic
-from dlm.io.model_dir import load_model_dir
-from dlm.io.record import Family
 from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
 from dlm.objectives.lsd import LSDLoss
 from dlm.samplers.canvas import init_canvas
 from dlm.train.console import quiet_lightning
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, check_compatible, fit, world_size
+from dlm.train.run import accumulation, fit, load_frozen_masked, world_size
 
 VAL_SEED = 10_000  # validation generators are seeded VAL_SEED + batch index: the same draws at every validation
 
@@ -150,19 +148,12 @@ def build_objective(cfg: DictConfig, **kwargs) -> LSDLoss:
 
 def load_frozen_denoiser(cfg: DictConfig, loss: LSDLoss):
     """The init_from directory, checked against the LSD objective before any compute."""
-    if not cfg.get("init_from"):
-        raise ConfigError("init_from=null: LSD distils the sampler of a trained masked-diffusion model; pass "
-                          "init_from=<model dir> (e.g. runs/demo_radd/model from dlm-train experiment=demo_radd)")
-    if cfg.get("init_overrides"):
-        raise ConfigError(f"init_overrides={OmegaConf.to_container(cfg.init_overrides)}: LSD uses the model of "
-                          f"init_from={cfg.init_from} exactly as exported (the schedule is tied to its weights); "
-                          "drop init_overrides")
-    loaded = load_model_dir(cfg.init_from)
-    if loaded.family is not Family.MASKED:
-        raise ConfigError(f"init_from={cfg.init_from} is a {loaded.family.kind!r} model; LSD distils the ancestral "
-                          "sampler of a masked-diffusion model (dlm-train objective=radd or objective=mdlm)")
-    check_compatible(loaded.model, loss, seq_len=cfg.data.seq_len)
-    return loaded
+    return load_frozen_masked(
+        cfg, loss, null_fix="LSD distils the sampler of a trained masked-diffusion model; pass init_from=<model dir> "
+                            "(e.g. runs/demo_radd/model from dlm-train experiment=demo_radd)",
+        exported="LSD uses the model of init_from={} exactly as exported (the schedule is tied to its weights)",
+        family_fix="LSD distils the ancestral sampler of a masked-diffusion model (dlm-train objective=radd or "
+                   "objective=mdlm)")
 
 
 def run_lsd(cfg: DictConfig) -> dict:

@@ -120,6 +120,22 @@ def load_tokenizer_from(path: str):
         raise ConfigError(str(e)) from e
 
 
+def load_frozen_masked(cfg: DictConfig, objective: object, *, null_fix: str, exported: str, family_fix: str):
+    """The ``init_from`` model directory of a recipe that trains *around* a frozen masked-diffusion model (LSD,
+    DRAKES): present, used exactly as exported (no ``init_overrides``), a masked-diffusion model, and
+    compatible with ``objective``; each refusal names the key and, in the recipe's words, why."""
+    if not cfg.get("init_from"):
+        raise ConfigError(f"init_from=null: {null_fix}")
+    if cfg.get("init_overrides"):
+        raise ConfigError(f"init_overrides={OmegaConf.to_container(cfg.init_overrides)}: {exported.format(cfg.init_from)}; "
+                          "drop init_overrides")
+    loaded = load_model_dir(cfg.init_from)
+    if loaded.family is not Family.MASKED:
+        raise ConfigError(f"init_from={cfg.init_from} is a {loaded.family.kind!r} model; {family_fix}")
+    check_compatible(loaded.model, objective, seq_len=cfg.data.seq_len)
+    return loaded
+
+
 def fit(cfg: DictConfig, module: L.LightningModule, *, callbacks: list[L.Callback], run_dir: Path, accumulate: int,
         resume: str | None, config_yaml: str, datamodule: L.LightningDataModule | None = None) -> L.Trainer:
     """The end every recipe shares (dlm-train, LSD, DRAKES): the config's callbacks, the recipe's own, then
