@@ -327,3 +327,35 @@ def test_shift_logits_cached_fused_and_uncached_decoding_agree():
     model.shift_logits = True
     with pytest.raises(ConfigError, match="prompt"):
         BlockSampler()(model, batch_size=1, length=8, generator=gen(0))
+
+
+def test_static_ntk_kv_cached_block_decoding_past_the_training_length_equals_full_recompute():
+    """NTK RoPE is static (one base for every position), so keys cached at their true positions stay exact past
+    the training context: cached = uncached logits and samples at 3x the saved length. Negative control: the
+    scaling is in effect (logits differ from plain RoPE extrapolation there), so equality is not vacuous."""
+    from dlm.nn.rope import NTK
+
+    train_len, target = 16, 48
+    torch.manual_seed(5)
+    ntk = Transformer(vocab_size=V, mask_id=MASK, dim=32, n_layers=2, n_heads=4, max_seq_len=target,
+                      attention="block_causal", block_size=K, init_std=0.5,
+                      rope_scaling=NTK(factor=target / train_len)).eval()
+    plain = Transformer(vocab_size=V, mask_id=MASK, dim=32, n_layers=2, n_heads=4, max_seq_len=target,
+                        attention="block_causal", block_size=K, init_std=0.5).eval()
+    plain.load_state_dict(ntk.state_dict())
+    g = gen(3)
+    prefix = torch.randint(0, MASK, (2, 9 * K), generator=g)  # 36 tokens: positions far past train_len
+    noisy = torch.where(torch.rand(2, K, generator=g) < 0.5, torch.full((2, K), MASK), torch.randint(0, MASK, (2, K)))
+    full = ntk(torch.cat([prefix, noisy], 1))[:, -K:]
+    cache = KVCache(ntk.n_layers)
+    ntk(prefix, cache=cache, store_cache=True)
+    got = ntk(noisy, positions=torch.arange(9 * K, 10 * K), attn_mask=torch.ones(K, 10 * K, dtype=torch.bool),
+              cache=cache)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    assert (plain(torch.cat([prefix, noisy], 1))[:, -K:] - full).abs().max() > 1e-3
+
+    prompt = torch.randint(0, MASK, (2, 6), generator=gen(4))
+    kw = dict(batch_size=2, length=3 * train_len, prompt=prompt)
+    a = BlockSampler()(ntk, **kw, generator=gen(7))
+    b = BlockSampler(use_cache=False)(ntk, **kw, generator=gen(7))
+    assert torch.equal(a.tokens, b.tokens) and not (a.tokens == MASK).any()

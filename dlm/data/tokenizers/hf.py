@@ -39,7 +39,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _from_bpe_files(vocab_file: str, merges_file: str):
+def bpe_tokenizer_from_files(vocab_file: str, merges_file: str):
     """GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt``.
 
     Built with the ``tokenizers`` library and then wrapped: transformers 5 silently ignores the
@@ -122,7 +122,7 @@ class HFTokenizer:
                 raise ConfigError(
                     f"tokenizer.{missing} is missing; BPE files need both vocab_file and merges_file"
                 )
-            hf = _from_bpe_files(vocab_file, merges_file)
+            hf = bpe_tokenizer_from_files(vocab_file, merges_file)
             default_name = Path(vocab_file).resolve().parent.name or "bpe"
         self._attach(hf, name=name or default_name, add_mask_token=add_mask_token)
 
