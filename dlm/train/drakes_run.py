@@ -27,7 +27,6 @@ dlm-sample / dlm.load, with ``drakes`` provenance in model.json) and summary.jso
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import lightning as L
@@ -40,7 +39,6 @@ from torch.utils.data import DataLoader
 
 from dlm.data.tokenizers.bio import LetterTokenizer
 from dlm.errors import ConfigError, DlmError
-from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import RESERVED, LoadedModel, save_model_dir
 from dlm.io.record import Family
 from dlm.objectives.drakes import DrakesLoss
@@ -50,7 +48,7 @@ from dlm.train.console import quiet_lightning
 from dlm.train.lsd_run import VAL_SEED, Ticks, build_objective
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, fit, load_frozen_masked, world_size
+from dlm.train.run import accumulation, fit, load_frozen_masked, world_size, write_summary
 
 CURVE_KEYS = ("reward", "kl_exact", "kl_public", "unique_fraction", "hamming")
 
@@ -252,5 +250,5 @@ def run_drakes(cfg: DictConfig) -> dict:
                **{f"{k}_before": first.get(k) for k in CURVE_KEYS}, **{f"{k}_after": last.get(k) for k in CURVE_KEYS},
                "curve": curve}
     if trainer.is_global_zero:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+        summary = write_summary(run_dir, summary, seed=cfg.seed, config_yaml=config_yaml, model_dir=run_dir / "model")
     return summary

@@ -24,7 +24,6 @@ summary.json (the learned grid and scalars included).
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import lightning as L
@@ -37,14 +36,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from dlm.errors import ConfigError, DlmError
 from dlm.eval.sample_job import prompt_ids
-from dlm.io.atomic import write_text_atomic
 from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
 from dlm.objectives.lsd import LSDLoss
 from dlm.samplers.canvas import init_canvas
 from dlm.train.console import quiet_lightning
 from dlm.train.module import NonFiniteLossError, warmup_cosine
 from dlm.train.resume import resolve_ckpt
-from dlm.train.run import accumulation, fit, load_frozen_masked, world_size
+from dlm.train.run import accumulation, fit, load_frozen_masked, world_size, write_summary
 
 VAL_SEED = 10_000  # validation generators are seeded VAL_SEED + batch index: the same draws at every validation
 
@@ -189,5 +187,5 @@ def run_lsd(cfg: DictConfig) -> dict:
                "teacher_steps": loss.teacher_steps, **module.steps.describe(),
                **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/kl"))}}
     if trainer.is_global_zero:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+        summary = write_summary(run_dir, summary, seed=cfg.seed, config_yaml=config_yaml, model_dir=None)
     return summary

@@ -7,6 +7,7 @@ size and the device count, the resume checkpoint, the run directory layout:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlm.errors import CheckpointError, ConfigError
 from dlm.io.atomic import write_text_atomic
 from dlm.io.model_dir import load_model_dir, read_record
+from dlm.io.provenance import provenance
 from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.io.tokenizer_files import tokenizer_of
@@ -156,6 +158,17 @@ def fit(cfg: DictConfig, module: L.LightningModule, *, callbacks: list[L.Callbac
     return trainer
 
 
+def write_summary(run_dir: Path, summary: dict, *, seed: int, config_yaml: str, model_dir: Path | None) -> dict:
+    """Write ``<run_dir>/summary.json`` with its ``provenance`` (dlm version, git revision, seed, the digest of
+    the resolved config.yaml beside it, and the fingerprint of the exported model: the weights a user loads
+    from ``model_dir``, so a number computed from them can be traced to this run). Returns the summary."""
+    fingerprint_of = load_model_dir(model_dir, device="cpu").model if model_dir and (model_dir / "model.json").is_file() else None
+    settings = {"config": "config.yaml", "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest()}
+    summary = {**summary, "provenance": provenance(seed=seed, settings=settings, model=fingerprint_of)}
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
 def run(cfg: DictConfig) -> dict | None:
     check_train_config(cfg)  # unknown top-level keys, non-positive counts: before anything is built
     # --- LSD (issue 12): an objective that trains a sampler schedule of a frozen model has its own recipe
@@ -241,5 +254,4 @@ def run(cfg: DictConfig) -> dict | None:
         "kind": objective.family.kind,
         **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))},
     }
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    return write_summary(run_dir, summary, seed=cfg.seed, config_yaml=config_yaml, model_dir=run_dir / "model")

@@ -1,10 +1,14 @@
 """The command-line contracts: last stdout line is one JSON object with the documented keys."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from cli_helpers import TINY, run_cli
+
+from dlm.io.model_dir import load_model_dir
+from dlm.io.provenance import model_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +32,12 @@ def test_wandb_logger_works_offline(tmp_path):
     out = run_cli("dlm-train", "debug=tiny", "logger=wandb", f"run_dir={tmp_path}/w", cwd=tmp_path)
     assert out["step"] == 4
     assert any((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    # the training summary traces to its code, config and exported weights
+    prov = json.loads((tmp_path / "w" / "summary.json").read_text())["provenance"]
+    config = (tmp_path / "w" / "config.yaml").read_text()
+    assert prov["settings"]["config_sha256"] == hashlib.sha256(config.encode()).hexdigest()
+    assert prov["model_fingerprint"] == model_fingerprint(load_model_dir(tmp_path / "w" / "model").model)
+    assert prov["git_rev"] and prov["dlm_version"] and prov["seed"] is not None
 
 
 def test_zero_shot_wikitext2_from_local_file_with_detokenizer(tmp_path, shared_data):

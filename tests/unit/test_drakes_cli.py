@@ -83,6 +83,7 @@ def test_dlm_train_exports_a_model_directory_that_dlm_sample_reads(base, tmp_pat
     assert tuned.family is Family.MASKED and tuned.meta["drakes"]["finetuned_from"] == str(base)
     assert tuned.meta["drakes"]["reward"]["_target_"] == "dlm.rewards.toy.GCContent"
     assert denoiser_fingerprint(tuned.model) != denoiser_fingerprint(load_model_dir(base).model)
+    assert summary["provenance"]["model_fingerprint"] == denoiser_fingerprint(tuned.model)  # the exported weights
     out = tmp_path / "s.jsonl"
     proc = subprocess.run([str(BIN / "dlm-sample"), f"model={run_dir / 'model'}", "num_samples=3", f"length={SEQ}",
                            f"out={out}"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
