@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo long-context lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo long-context bench-zero-shot lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,13 @@ design-demo: install
 # ~20 min on 2 CPU cores, training included; table and plots in benchmarks/results/long_context*
 long-context: install
 	$(BIN)/dlm-bench long
+
+# Zero-shot WikiText-2 / LAMBADA-format scores through the lm-eval adapter beside dlm-eval-ppl, and an HF causal
+# LM converted with dlm-convert beside lm-eval's HF backend (reads ../shared/data); table benchmarks/results/zero_shot.json
+bench-zero-shot: install
+	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
+	test -f runs/demo_ar/model/model.json || $(BIN)/dlm-train experiment=demo_ar run_dir=runs/demo_ar
+	$(BIN)/dlm-bench zero_shot
 
 lint: install
 	$(BIN)/ruff check dlm tests scripts
