@@ -54,6 +54,26 @@ class KeepLogHistory(L.Callback):
                 logger.keep_before(trainer.global_step)
 
 
+class ModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that a step-interval save falling on a validation step waits for
+    that validation (``on_validation_end``, Lightning's own deferred-save path).
+
+    Lightning validates after the ``on_train_batch_end`` hooks, where the step-interval save happens: a run
+    killed between the two resumed after the step and never ran its validation (the row was lost from
+    metrics.csv and ``best`` never saw it). Saved after validation, the checkpoint is a validation-time
+    one, which resumes exactly. Same keys as Lightning's (``callbacks.checkpoint.*``).
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        step_save = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if (step_save and not epoch_loop._should_accumulate() and not self._should_skip_saving_checkpoint(trainer)
+                and trainer.enable_validation and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)):
+            self._defer_save_until_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class StepRowBeforeCheckpoint(L.Callback):
     """Writes this optimizer step's train metrics to metrics.csv before ModelCheckpoint (always the last
     callback) can save a checkpoint of the step. Lightning would log them only after every

@@ -136,3 +136,18 @@ def test_corrupt_last_ckpt_falls_back_to_newest_readable_and_says_so(tmp_path, u
     notes = [line for line in proc.stderr.splitlines() if str(last) in line]
     assert len(notes) == 1 and str(best) in notes[0], proc.stderr[-3000:]
     assert_same_history(history(run_dir), uninterrupted)
+
+
+def test_kill_right_after_the_step_checkpoint_of_a_validation_step_keeps_that_validation(tmp_path, uninterrupted):
+    """Step 12 is both a step-interval checkpoint (every 3) and a validation step (every 4): Lightning validates
+    after on_train_batch_end, where the step checkpoint is written. SIGKILL in between, then resume: the
+    validation of step 12 must be in the history once, with the uninterrupted run's value."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    run_dir = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=killer.KillAfterCheckpoint", "+callbacks.kill.step=12"]
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")]))}
+    proc = subprocess.run([str(BIN / "dlm-train"), *COMMON, f"run_dir={run_dir}", *STEP_INTERVAL, *kill], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    train(run_dir, *STEP_INTERVAL, "ckpt_path=last")
+    assert_same_history(history(run_dir), uninterrupted)

@@ -88,8 +88,8 @@ def test_export_is_the_gathered_ema_of_the_last_checkpoint(uninterrupted):
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
-    # killed at the step-4 checkpoint, between validations (a kill right after a checkpoint of a validation
-    # step would lose that validation: Lightning validates after on_train_batch_end, where it is saved)
+    # killed at the step-4 checkpoint, between validations (a step save on a validation step waits for that
+    # validation: dlm.train.callbacks.ModelCheckpoint; tested in tests/integration/test_fault_resume.py)
     (tmp_path / "killer.py").write_text(KILLER)
     run_dir = tmp_path / "killed"
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")]))}
