@@ -14,6 +14,9 @@ model's context. Context tokens are never masked and never scored.
   ``is_greedy``: a greedy any-order decode (commit the most probable token at the most confident masked
   position, one per step: ``ConfidenceSampler(order="max_prob", temperature=0)``) reproduces c.
 
+Block diffusion: ``dlm.eval.block_conditional`` (the block NELBO of the continuation), on the same Monte Carlo
+skeleton (``monte_carlo_span_scores``: per-span draws, same-length batches, ``greedy_hits``).
+
 Reproducibility: every span carries its own ``seed``; its Monte Carlo draws come from a CPU generator
 seeded with it, in the same order whatever else is scored, so a span's number does not depend on the
 batch it is scored in or on the device. Rows are batched only with rows of the same length (no
@@ -22,7 +25,7 @@ padding): a padded row's attention sums over more keys and rounds differently in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +37,7 @@ from dlm.diffusion.schedule import LogLinearSchedule, nelbo_weight
 from dlm.eval.strata import Method, stratified_uniforms
 from dlm.nn.next_token import next_token_nll
 from dlm.samplers.confidence import ConfidenceSampler
-from dlm.types import ArSoftmax, Denoiser, NoiseSchedule
+from dlm.types import ArSoftmax, Denoiser, NoiseSchedule, Sampler
 
 
 @dataclass(frozen=True)
@@ -132,35 +135,34 @@ def conditional_draws(span: Span, *, mask_id: int, num_samples: int, method: Met
             torch.cat(ts) if time_conditioned else None)
 
 
+Draws = tuple[Tensor | None, ...]  # one span's draws: tensors with a leading sample dimension (S, ...); None: absent
+DrawNll = Callable[[Tensor, Draws], Tensor]  # x0 (B, L), a batch of draws (each field (B, ...)) -> estimates (B,)
+GreedyDecoder = Callable[[int], Sampler]  # continuation length n -> a greedy decoder of n tokens after a prompt
+
+
 @torch.no_grad()
-def masked_span_scores(model: Denoiser, spans: Sequence[Span], *, num_samples: int = 32, method: Method = "mc",
-                       schedule: NoiseSchedule | None = None, t_min: float = 1e-3, batch_size: int = 8,
-                       greedy: bool = True) -> list[SpanScore]:
-    """The conditional NELBO (module docstring) of every span, ``num_samples`` stratified draws each;
-    ``batch_size`` model rows (one draw of one span each) per forward pass. ``greedy``: also run the greedy
-    any-order decode for ``is_greedy`` (False: is_greedy is reported False, no decode is run)."""
-    schedule = schedule or LogLinearSchedule()
+def monte_carlo_span_scores(model: Denoiser, spans: Sequence[Span], *, draw: Callable[[Span], Draws],
+                            draw_nll: DrawNll, num_samples: int, batch_size: int,
+                            greedy: GreedyDecoder | None) -> list[SpanScore]:
+    """The Monte Carlo score of every span: ``draw(span)`` gives its ``num_samples`` draws (from its own
+    generator), ``draw_nll`` turns a batch of draws into one estimate each; rows (one draw of one span) are
+    batched ``batch_size`` at a time with rows of the same length only. nll = mean of a span's estimates,
+    variance = their variance of the mean. ``greedy``: the decoder behind ``is_greedy`` (``greedy_hits``;
+    None: is_greedy is reported False, nothing is decoded). An empty continuation scores (0, 0, 0, True)."""
     device = _device(model)
     scored = [i for i, s in enumerate(spans) if s.continuation]  # an empty continuation has probability 1
-    draws = {i: conditional_draws(spans[i], mask_id=model.mask_id, num_samples=num_samples, method=method,
-                                  time_conditioned=model.time_conditioned, schedule=schedule, t_min=t_min)
-             for i in scored}
+    draws = {i: draw(spans[i]) for i in scored}
     rows = [(i, s) for i in scored for s in range(num_samples)]
     values = {i: torch.zeros(num_samples, dtype=torch.float64) for i in scored}
-    x0s = {i: torch.tensor(spans[i].ids, dtype=torch.long) for i in scored}
     for idx in same_length_batches([len(spans[i].ids) for i, _ in rows], batch_size):
-        xt = torch.stack([draws[rows[r][0]][0][rows[r][1]] for r in idx]).to(device)
-        masked = torch.stack([draws[rows[r][0]][1][rows[r][1]] for r in idx]).to(device)
-        weight = torch.stack([draws[rows[r][0]][2][rows[r][1]] for r in idx]).to(device)
-        x0 = torch.stack([x0s[rows[r][0]] for r in idx]).to(device)
-        t = None
-        if model.time_conditioned:
-            t = torch.stack([draws[rows[r][0]][3][rows[r][1]] for r in idx]).to(device)
-        logits = model(xt, t)
-        nll = (weight * masked_token_nll(logits, x0, masked, model.mask_id).sum(-1)).double().cpu()
+        x0 = torch.tensor([spans[rows[r][0]].ids for r in idx], dtype=torch.long, device=device)  # (B, L)
+        fields = tuple(None if field is None else
+                       torch.stack([draws[rows[r][0]][f][rows[r][1]] for r in idx]).to(device)
+                       for f, field in enumerate(draws[rows[idx[0]][0]]))
+        nll = draw_nll(x0, fields).double().cpu()
         for b, r in enumerate(idx):
             values[rows[r][0]][rows[r][1]] = nll[b]
-    hits = greedy_any_order(model, spans, batch_size=batch_size) if greedy else [False] * len(spans)
+    hits = greedy_hits(model, spans, decoder=greedy, batch_size=batch_size) if greedy else [False] * len(spans)
     out = []
     for i, span in enumerate(spans):
         if i not in values:
@@ -173,11 +175,38 @@ def masked_span_scores(model: Denoiser, spans: Sequence[Span], *, num_samples: i
     return out
 
 
+def greedy_any_order(n: int) -> Sampler:
+    """The greedy any-order decoder of n tokens: each step commits the most probable token at the most
+    confident masked position (``ConfidenceSampler(order="max_prob", temperature=0)``, one token per step)."""
+    return ConfidenceSampler(num_steps=n, order="max_prob", temperature=0.0)
+
+
 @torch.no_grad()
-def greedy_any_order(model: Denoiser, spans: Sequence[Span], *, batch_size: int = 8) -> list[bool]:
-    """Whether a greedy any-order decode of each continuation (all masked behind its clean context; each
-    step commits the most probable token at the most confident position) reproduces it exactly.
-    Spans are decoded in batches sharing (context length, continuation length), so no padding."""
+def masked_span_scores(model: Denoiser, spans: Sequence[Span], *, num_samples: int = 32, method: Method = "mc",
+                       schedule: NoiseSchedule | None = None, t_min: float = 1e-3, batch_size: int = 8,
+                       greedy: bool = True) -> list[SpanScore]:
+    """The conditional NELBO (module docstring) of every span, ``num_samples`` stratified draws each;
+    ``batch_size`` model rows (one draw of one span each) per forward pass. ``greedy``: also run the greedy
+    any-order decode for ``is_greedy`` (False: is_greedy is reported False, no decode is run)."""
+    schedule = schedule or LogLinearSchedule()
+
+    def draw(span: Span) -> Draws:
+        return conditional_draws(span, mask_id=model.mask_id, num_samples=num_samples, method=method,
+                                 time_conditioned=model.time_conditioned, schedule=schedule, t_min=t_min)
+
+    def draw_nll(x0: Tensor, draws: Draws) -> Tensor:
+        xt, masked, weight, t = draws
+        return weight * masked_token_nll(model(xt, t), x0, masked, model.mask_id).sum(-1)
+
+    return monte_carlo_span_scores(model, spans, draw=draw, draw_nll=draw_nll, num_samples=num_samples,
+                                   batch_size=batch_size, greedy=greedy_any_order if greedy else None)
+
+
+@torch.no_grad()
+def greedy_hits(model: Denoiser, spans: Sequence[Span], *, decoder: GreedyDecoder, batch_size: int = 8) -> list[bool]:
+    """Whether a greedy decode of each continuation (all masked behind its clean context; ``decoder(n)``, e.g.
+    ``greedy_any_order``) reproduces it exactly. Spans are decoded in batches sharing (context length,
+    continuation length), so no padding."""
     device = _device(model)
     keys = [(len(s.context), len(s.continuation)) for s in spans]
     hits = [True] * len(spans)
@@ -186,7 +215,7 @@ def greedy_any_order(model: Denoiser, spans: Sequence[Span], *, batch_size: int 
         if key[1]:
             groups.setdefault(key, []).append(i)
     for (c, n), members in sorted(groups.items()):
-        decode = ConfidenceSampler(num_steps=n, order="max_prob", temperature=0.0)  # one token per step
+        decode = decoder(n)
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
             prompt = torch.tensor([spans[i].context for i in idx], dtype=torch.long, device=device)  # (B, c)

@@ -6,17 +6,21 @@
 * ``loglikelihood(context, continuation)``: tokenised as lm-eval's causal models do (``TemplateLM``:
   trailing spaces of the context move to the continuation; an empty context becomes the prefix token,
   BOS else EOS), optionally after a BOS (``add_bos_token``); then scored by the family
-  (``dlm.eval.conditional``): AR exactly, masked diffusion by the conditional NELBO (context never
-  masked; number-of-masks form, ``mc_samples`` stratified draws, ``method`` mc | quadrature) with
-  ``is_greedy`` from a greedy any-order decode. The returned log-likelihood of a diffusion model is
-  minus an upper bound of the NLL: a lower bound of the true value.
+  (``SPAN_SCORERS``): AR exactly (``dlm.eval.conditional``); masked diffusion by the conditional NELBO
+  (context never masked; number-of-masks form, ``mc_samples`` stratified draws, ``method`` mc | quadrature)
+  with ``is_greedy`` from a greedy any-order decode; block diffusion by the block NELBO of the continuation
+  (``dlm.eval.block_conditional``: the model's own block size, blocks counted from the row's first token,
+  the context held clean) with ``is_greedy`` from greedy block decoding. The returned log-likelihood of a
+  diffusion model is minus an upper bound of the NLL: a lower bound of the true value.
 * ``loglikelihood_rolling(text)``: [prefix] + tokens cut into lm-eval's disjoint windows of the row
   length L = ``max_length`` (``get_rolling_token_windows(max_seq_len=L-1, context_len=1)``): each
   window is one row of <= L tokens, its scored tokens preceded by the ones before them (a full window
   conditions on one token, like a ``keep_first_token`` row of dlm-eval-ppl; the last one on as many as
-  fit); every token is scored exactly once. AR rows are scored as HF lm-eval scores ``max_length=L-1``.
+  fit); every token is scored exactly once. AR rows are scored as HF lm-eval scores ``max_length=L-1``;
+  a block model's full window is the row dlm-eval-ppl's block bound scores (``block_nelbo_per_sequence``).
 * ``generate_until(context, gen_kwargs)``: one call of the dlm sampler per request on a canvas of
-  prompt + ``max_gen_toks`` tokens; the text is cut at EOS, then at the first ``until`` string.
+  prompt + ``max_gen_toks`` tokens (default greedy: AR top-1, masked confidence max_prob, block
+  ``BlockSampler`` max_prob); the text is cut at EOS, then at the first ``until`` string.
 * Deterministic: each request's draws come from its own generator, seeded from (``seed``, the request's
   token ids or text); rows are batched only with rows of the same length. So a number depends on the
   request alone: not on the batch size, the other requests, their order, or the device for the draws.
@@ -24,7 +28,7 @@
   estimator settings, the sampler, and per request type how many requests, scored tokens, empty
   continuations and left-truncated contexts (task, doc id, tokens dropped).
 
-Block-diffusion models are refused (``ConfigError``): the block NELBO with a clean context is not here yet.
+Other model directories (classifier, block policy, energy) do not model text and are refused (``ConfigError``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from dlm.errors import ConfigError
+from dlm.eval.block_conditional import block_span_scores
 from dlm.eval.conditional import Span, SpanScore, ar_span_scores, masked_span_scores
 from dlm.eval.model_dir import check_count, pick_device
 from dlm.eval.strata import Method
@@ -51,12 +56,19 @@ from dlm.io.provenance import provenance
 from dlm.io.record import Family
 from dlm.io.spec import build
 from dlm.samplers.autoregressive import AutoregressiveSampler
+from dlm.samplers.block import BlockSampler
 from dlm.samplers.confidence import ConfidenceSampler
 from dlm.types import Sampler
 
 log = logging.getLogger(__name__)
 PROBE = "The quick brown fox, 42 jumps.\n"  # any text task holds such characters
 SamplerBuilder = Callable[[str, dict, Any], Sampler]  # (name, keys, the model's schedule) -> sampler
+# the greedy sampler of each family ``generate_until`` uses unless told otherwise; sampler.<key> settings win
+DEFAULT_SAMPLERS: dict[Family, Callable[..., Sampler]] = {
+    Family.AR: lambda **keys: AutoregressiveSampler(**{"top_k": 1, **keys}),
+    Family.MASKED: lambda **keys: ConfidenceSampler(**{"order": "max_prob", "temperature": 0.0, **keys}),
+    Family.BLOCK: lambda **keys: BlockSampler(**{"order": "max_prob", "temperature": 0.0, **keys}),
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,8 @@ class DlmLM(TemplateLM):
         mc_samples, method, t_min: the diffusion bound's Monte Carlo settings (unused by AR models).
         sampler: for ``generate_until``: a built sampler, a ``{"_target_": "dlm.samplers...."}`` spec, or a
             conf/sampler name (needs ``sampler_builder``, which dlm-lm-eval installs); ``sampler.<key>=v``
-            keyword arguments set its keys. Default: greedy (AR: top_k=1; diffusion: confidence, max_prob).
+            keyword arguments set its keys. Default: greedy (AR: top_k=1; diffusion: confidence, max_prob;
+            block: block decoding with the model's block size, max_prob, one token per call).
         batch_size: model rows per forward pass (a diffusion request gives ``mc_samples`` rows).
         seed: the root of every request's seed. device: "auto" | "cpu" | "cuda" | ...
         max_length: row length L in tokens (default: the model's max_seq_len); longer inputs are
@@ -140,10 +153,10 @@ class DlmLM(TemplateLM):
             raise ConfigError(f"method={method!r}; choose {' or '.join(get_args(Method))}")
         self._device = usable_device(device)
         family = model.family if isinstance(model, LoadedModel) else read_record(model)[0].family
-        if family not in (Family.AR, Family.MASKED):  # before the weights are read
+        if family not in SPAN_SCORERS:  # before the weights are read
             raise ConfigError(f"model={model if not isinstance(model, LoadedModel) else model.path}: a {family.kind!r} "
-                              "model directory; --model dlm scores 'ar' and 'diffusion' (masked) models (block "
-                              "diffusion is not supported yet)")
+                              "model directory, which does not model text; --model dlm scores "
+                              f"{', '.join(repr(f.kind) for f in SPAN_SCORERS)} models: pass one of those")
         loaded = model if isinstance(model, LoadedModel) else load_model_dir(  # a LoadedModel is used as it is
             model, device=self._device, rope_scaling=rope_scaling, max_seq_len=max_seq_len, dtype=dtype)
         self.loaded, self.net, self.tok = loaded, loaded.model, loaded.tokenizer
@@ -192,9 +205,7 @@ class DlmLM(TemplateLM):
                 spec["schedule"] = self.loaded.schedule
             return build(spec)
         if sampler is None:
-            if self.loaded.family is Family.AR:
-                return AutoregressiveSampler(**{"top_k": 1, **keys})
-            return ConfidenceSampler(**{"order": "max_prob", "temperature": 0.0, **keys})
+            return DEFAULT_SAMPLERS[self.loaded.family](**keys)
         return sampler
 
     # ---------------------------------------------------------------- TemplateLM / LM interface
@@ -292,14 +303,9 @@ class DlmLM(TemplateLM):
 
     # ---------------------------------------------------------------- scoring
     def score_spans(self, spans: list[Span], *, greedy: bool = True) -> list[SpanScore]:
-        """Every span scored by the model's family (``dlm.eval.conditional``); ``greedy``: is_greedy is
-        wanted (a diffusion model then also runs its greedy decode, when ``greedy_check``)."""
-        if self.loaded.family is Family.AR:
-            return ar_span_scores(self.net, spans, ar_softmax=self.loaded.record.ar_softmax,
-                                  batch_size=self.batch_size)
-        return masked_span_scores(self.net, spans, num_samples=self.mc_samples, method=self.method,
-                                  schedule=self.loaded.schedule, t_min=self.t_min, batch_size=self.batch_size,
-                                  greedy=greedy and self.greedy_check)
+        """Every span scored by the model's family (``SPAN_SCORERS``); ``greedy``: is_greedy is wanted (a
+        diffusion model then also runs its greedy decode, when ``greedy_check``)."""
+        return SPAN_SCORERS[self.loaded.family](self, spans, greedy and self.greedy_check)
 
     def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """(context, scored tokens) windows of [prefix] + tokens of ``text``: rows of <= max_length tokens,
@@ -360,12 +366,37 @@ class DlmLM(TemplateLM):
             "tokenizer_fingerprint": self.tok.fingerprint(), "family": record.family.kind,
             "estimator": ("exact" if record.family is Family.AR else
                           {"method": "conditional_nelbo", "mc_samples": self.mc_samples, "estimator": self.method,
-                           "t_min": self.t_min}),
+                           "t_min": self.t_min, **({"diffusion_block_size": self.net.block_size,
+                                                    "shift_logits": self.net.shift_logits}
+                                                   if record.family is Family.BLOCK else {})}),
             "ar_softmax": record.ar_softmax, "overrides": record.overrides, "seed": self.seed,
             "batch_size": self.batch_size, "max_length": self.max_length, "add_bos_token": self.add_bos_token,
             "device": str(self._device), "sampler": origin["settings"], "requests": self.stats,
             "provenance": origin,
         }}
+
+
+def ar_scores(lm: DlmLM, spans: list[Span], greedy: bool) -> list[SpanScore]:
+    """AR: exact (is_greedy is a by-product, ``greedy`` is not needed)."""
+    return ar_span_scores(lm.net, spans, ar_softmax=lm.loaded.record.ar_softmax, batch_size=lm.batch_size)
+
+
+def masked_scores(lm: DlmLM, spans: list[Span], greedy: bool) -> list[SpanScore]:
+    """Masked diffusion: the conditional NELBO; ``greedy``: run the greedy any-order decode."""
+    return masked_span_scores(lm.net, spans, num_samples=lm.mc_samples, method=lm.method, schedule=lm.loaded.schedule,
+                              t_min=lm.t_min, batch_size=lm.batch_size, greedy=greedy)
+
+
+def block_scores(lm: DlmLM, spans: list[Span], greedy: bool) -> list[SpanScore]:
+    """Block diffusion: the block NELBO of the continuation; ``greedy``: run greedy block decoding."""
+    return block_span_scores(lm.net, spans, num_samples=lm.mc_samples, method=lm.method, schedule=lm.loaded.schedule,
+                             t_min=lm.t_min, batch_size=lm.batch_size, greedy=greedy)
+
+
+# how each family of model directory scores spans: one entry per family, no branching (dlm.eval.scorers' twin)
+SPAN_SCORERS: dict[Family, Callable[[DlmLM, list[Span], bool], list[SpanScore]]] = {
+    Family.AR: ar_scores, Family.MASKED: masked_scores, Family.BLOCK: block_scores,
+}
 
 
 def usable_device(device: str | None) -> str:

@@ -404,8 +404,10 @@ def test_bad_settings_are_refused_naming_the_key(tmp_path, dirs):
         DlmLM(str(dirs["diffusion"]), sampler="confidence")
     with pytest.raises(ConfigError, match="sampler: .*nokey"):
         DlmLM(str(dirs["diffusion"]), **{"sampler.nokey": 1})
-    with pytest.raises(ConfigError, match="block diffusion is not supported"):
-        DlmLM(str(export(tmp_path / "block", Family.BLOCK, block_size=4)))
+    with pytest.raises(ConfigError, match="a 'classifier' model directory, which does not model text; --model dlm "
+                                          "scores 'ar', 'diffusion', 'block' models"):
+        DlmLM(str(export(tmp_path / "classifier", Family.CLASSIFIER, attention="bidirectional")))
+    DlmLM(str(export(tmp_path / "block", Family.BLOCK, block_size=4)), device="cpu")  # control: block is scored
     with pytest.raises(ConfigError, match="a continuation of 40 tokens does not fit max_length=32"):
         DlmLM(str(dirs["ar"])).loglikelihood([req("loglikelihood", "a", " " + "b" * 39)])
 
