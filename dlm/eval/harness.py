@@ -14,10 +14,13 @@
   diffusion model is minus an upper bound of the NLL: a lower bound of the true value.
 * ``loglikelihood_rolling(text)``: [prefix] + tokens cut into lm-eval's disjoint windows of the row
   length L = ``max_length`` (``get_rolling_token_windows(max_seq_len=L-1, context_len=1)``): each
-  window is one row of <= L tokens, its scored tokens preceded by the ones before them (a full window
-  conditions on one token, like a ``keep_first_token`` row of dlm-eval-ppl; the last one on as many as
-  fit); every token is scored exactly once. AR rows are scored as HF lm-eval scores ``max_length=L-1``;
-  a block model's full window is the row dlm-eval-ppl's block bound scores (``block_nelbo_per_sequence``).
+  window is one row of <= L tokens, its scored tokens preceded by the ones before them; every token is
+  scored exactly once. With ``add_bos_token`` (the default) every row starts with BOS, as dlm's training
+  rows do (a later window's context gives its oldest token up to BOS): a full window is [BOS] + L - 1
+  scored tokens, the ``keep_first_token`` row of dlm-eval-ppl, and the last one conditions on as many
+  tokens as fit. Without it the rows are lm-eval's own (a full window conditions on the previous token),
+  scored as HF lm-eval scores ``max_length=L-1``. A block model's full window is the row dlm-eval-ppl's
+  block bound scores (``block_nelbo_per_sequence``).
 * ``generate_until(context, gen_kwargs)``: one call of the dlm sampler per request on a canvas of
   prompt + ``max_gen_toks`` tokens (default greedy: AR top-1, masked confidence max_prob, block
   ``BlockSampler`` max_prob); the text is cut at EOS, then at the first ``until`` string.
@@ -124,7 +127,8 @@ class DlmLM(TemplateLM):
         seed: the root of every request's seed. device: "auto" | "cpu" | "cuda" | ...
         max_length: row length L in tokens (default: the model's max_seq_len); longer inputs are
             left-truncated (recorded). max_gen_toks: default generation budget (a task's gen_kwargs win).
-        add_bos_token: prepend BOS to every context (dlm models are trained on rows that start with BOS).
+        add_bos_token: prepend BOS to every context, and start every rolling window with it (dlm models are
+            trained on rows that start with BOS); False: lm-eval's layout, as for an HF model.
         greedy_check: run the greedy decode behind ``is_greedy`` for diffusion models (costs one network
             call per continuation token); False reports is_greedy=False.
         rope_scaling, max_seq_len, dtype: load overrides (``dlm.load``).
@@ -312,7 +316,14 @@ class DlmLM(TemplateLM):
         every token scored exactly once."""
         windows = get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
                                             max_seq_len=self.max_length - 1, context_len=1)
-        return [make_disjoint_window(w) for w in windows]
+        windows = [make_disjoint_window(w) for w in windows]
+        if not self.add_bos_token:  # lm-eval's layout, as its HF backend scores a model
+            return windows
+        # every row starts with BOS, as every training row of a dlm model does: a later window's context
+        # gives its oldest token up to BOS (a full window is then [BOS] + L - 1 scored tokens, the
+        # keep_first_token row dlm-eval-ppl scores). A causal model reads position 0 as an attention sink:
+        # a row opening mid-text scores far worse than the same text after BOS.
+        return [(ctx if i == 0 else [self.prefix_token_id, *ctx[1:]], cont) for i, (ctx, cont) in enumerate(windows)]
 
     def rolling_scores(self, texts: list[str]) -> list[RollingScore]:
         """The rolling score of every text, all windows of all texts scored together."""

@@ -138,12 +138,12 @@ def test_ar_loglikelihood_equals_lm_eval_hf_backend(hf_pair, add_bos):
 
 # ---------------------------------------------------------------- rolling = dlm-eval-ppl's scorer
 def eval_ppl_rows(lm: DlmLM, text: str) -> torch.Tensor:
-    """[BOS] + tokens cut into rows of L tokens, each row's first token the previous row's last: the rows
-    dlm-eval-ppl's scorers score with the first token kept clean (built here by slicing, not by the adapter)."""
-    ids = [lm.prefix_token_id, *lm.tok.encode(text)]
-    length = lm.max_length
-    assert (len(ids) - 1) % (length - 1) == 0, "the test text must fill whole rows"
-    return torch.tensor([ids[r:r + length] for r in range(0, len(ids) - 1, length - 1)])
+    """[BOS] + each run of L - 1 tokens: the rows dlm-eval-ppl's scorers score with the first token kept clean
+    (built here by slicing, not by the adapter)."""
+    ids = lm.tok.encode(text)
+    step = lm.max_length - 1
+    assert len(ids) % step == 0, "the test text must fill whole rows"
+    return torch.tensor([[lm.prefix_token_id, *ids[r:r + step]] for r in range(0, len(ids), step)])
 
 
 def test_rolling_nll_equals_eval_ppl_exactly_for_ar_and_counts_every_token_once(dirs):
@@ -161,6 +161,11 @@ def test_rolling_nll_equals_eval_ppl_exactly_for_ar_and_counts_every_token_once(
         windows = lm.rolling_windows((TEXT * 3)[:n])
         assert [t for _, cont in windows for t in cont] == lm.tok.encode((TEXT * 3)[:n])
         assert all(1 <= len(ctx) and len(ctx) + len(cont) <= lm.max_length for ctx, cont in windows)
+        assert all(ctx[0] == lm.prefix_token_id for ctx, _ in windows)  # every row starts with BOS, as in training
+    # add_bos_token=False: lm-eval's own windows (a later one conditions on the previous token, not on BOS)
+    plain = DlmLM(str(dirs["ar"]), device="cpu", batch_size=4, add_bos_token=False).rolling_windows(TEXT * 2)
+    ids = lm.tok.encode(TEXT * 2)
+    assert plain[1][0] == [ids[len(plain[0][1]) - 1]] and [t for _, c in plain for t in c] == ids
     assert lm.rolling_scores(["", "a"])[0].tokens == 0 and lm.rolling_scores(["a"])[0].tokens == 1
 
 
