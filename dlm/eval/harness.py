@@ -251,6 +251,7 @@ class DlmLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, instances=None) -> list[tuple[float, bool]]:
         spans, stats = [], self._stats("loglikelihood", len(requests))
+        before = len(stats["truncated"])
         for k, (_, ctx, cont) in enumerate(requests):
             if self.add_bos_token and (not ctx or ctx[0] != self.prefix_token_id):
                 ctx = [self.prefix_token_id, *ctx]
@@ -265,6 +266,7 @@ class DlmLM(TemplateLM):
                 self._record_truncation(stats, instances[k] if instances else None, k, len(ctx) - keep)
                 ctx = ctx[-keep:]
             spans.append(Span(tuple(ctx), tuple(cont), request_seed(self.seed, "loglikelihood", ctx, cont)))
+        self._warn_truncated("loglikelihood", stats, before, len(requests))
         scores = self.score_spans(spans)
         stats["tokens"] += sum(s.tokens for s in scores)
         return [(0.0 - s.nll, s.is_greedy) for s in scores]  # 0.0 - : an empty continuation is 0.0, not -0.0
@@ -280,6 +282,7 @@ class DlmLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """One sampler call per request (its own generator); text cut at EOS, then at the first ``until``."""
         stats, out = self._stats("generate_until", len(requests)), []
+        before = len(stats["truncated"])
         for k, req in enumerate(requests):
             context, gen_kwargs = req.args
             gen_kwargs = dict(gen_kwargs or {})
@@ -303,6 +306,7 @@ class DlmLM(TemplateLM):
                                                                               sorted(until), budget))
             stats["tokens"] += generated
             out.append(text)
+        self._warn_truncated("generate_until", stats, before, len(requests))
         return out
 
     # ---------------------------------------------------------------- scoring
@@ -365,7 +369,14 @@ class DlmLM(TemplateLM):
         where = {"task": getattr(instance, "task_name", None), "doc_id": getattr(instance, "doc_id", None),
                  "request": index, "tokens_dropped": dropped}
         stats["truncated"].append(where)
-        log.warning("dlm: context left-truncated by %d tokens to fit max_length=%d (%s)", dropped, self.max_length, where)
+
+    def _warn_truncated(self, kind: str, stats: dict, before: int, requests: int) -> None:
+        """One warning per call for the contexts it left-truncated (each is listed in the results' config)."""
+        cut = stats["truncated"][before:]
+        if cut:
+            log.warning("dlm: %d of %d %s contexts left-truncated to fit max_length=%d (up to %d tokens dropped); "
+                        "each is listed under config.dlm.requests.%s.truncated in the results", len(cut), requests,
+                        kind, self.max_length, max(c["tokens_dropped"] for c in cut), kind)
 
     def get_model_info(self) -> dict:
         """What lm-eval writes into its results' ``config``: everything a number here depends on."""

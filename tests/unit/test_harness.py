@@ -295,18 +295,24 @@ def test_batch_size_1_and_8_give_identical_outputs_for_every_request_type(dirs, 
         assert other[0] != one[0] and other[1] != one[1]
 
 
-def test_over_long_context_is_left_truncated_and_recorded_and_empty_continuation_is_zero(dirs):
+def test_over_long_context_is_left_truncated_and_recorded_and_empty_continuation_is_zero(dirs, caplog):
     lm = DlmLM(str(dirs["ar"]), device="cpu")
     context = TEXT.strip()
-    [(lp, greedy), (lp0, greedy0)] = lm.loglikelihood(
-        [req("loglikelihood", context, " end", doc_id=3), req("loglikelihood", "abc", "", doc_id=4)])
+    with caplog.at_level("WARNING", logger="dlm.eval.harness"):
+        [(lp, greedy), (lp0, greedy0)] = lm.loglikelihood(
+            [req("loglikelihood", context, " end", doc_id=3), req("loglikelihood", "abc", "", doc_id=4)])
+        lm.loglikelihood([req("loglikelihood", context, " a", doc_id=k) for k in range(5)])
+    # one warning per call, however many contexts it cut (each is listed in the record)
+    warned = [r.getMessage() for r in caplog.records if "left-truncated" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].startswith("dlm: 1 of 2 ") and warned[1].startswith("dlm: 5 of 5 ")
     ids = lm.tok.encode(context + " end")
     [direct] = lm.score_spans([Span(tuple(ids[-32:-4]), tuple(ids[-4:]))])  # the last 28 context tokens kept
     assert lp == pytest.approx(-direct.nll, abs=1e-6)
     assert (lp0, greedy0) == (0.0, True)
     record = lm.get_model_info()["dlm"]
-    assert record["requests"]["loglikelihood"]["truncated"] == [
-        {"task": "t", "doc_id": 3, "request": 0, "tokens_dropped": 1 + len(context) - 28}]  # BOS + text - kept
+    assert record["requests"]["loglikelihood"]["truncated"][0] == {
+        "task": "t", "doc_id": 3, "request": 0, "tokens_dropped": 1 + len(context) - 28}  # BOS + text - kept
+    assert len(record["requests"]["loglikelihood"]["truncated"]) == 6
     assert record["requests"]["loglikelihood"]["empty_continuations"] == 1
     assert record["family"] == "ar" and record["model_fingerprint"] and record["dlm_version"]
 
