@@ -125,7 +125,8 @@ class DlmLM(TemplateLM):
             block: block decoding with the model's block size, max_prob, one token per call).
         batch_size: model rows per forward pass (a diffusion request gives ``mc_samples`` rows).
         seed: the root of every request's seed. device: "auto" | "cpu" | "cuda" | ...
-        max_length: row length L in tokens (default: the model's max_seq_len); longer inputs are
+        max_length: row length L in tokens (default: the training rows' length, model.json seq_len, else the
+            model's max_seq_len: a RoPE model is not trained past its rows); longer inputs are
             left-truncated (recorded). max_gen_toks: default generation budget (a task's gen_kwargs win).
         add_bos_token: prepend BOS to every context, and start every rolling window with it (dlm models are
             trained on rows that start with BOS); False: lm-eval's layout, as for an HF model.
@@ -176,7 +177,8 @@ class DlmLM(TemplateLM):
 
     # ---------------------------------------------------------------- settings
     def _row_length(self, max_length: int | None) -> int:
-        context = self.net.max_seq_len or self.loaded.record.seq_len
+        # default: the row length the model was trained on (as dlm-eval-ppl's seq_len), else its context
+        context = self.loaded.record.seq_len or self.net.max_seq_len
         if max_length is None:
             if context is None:
                 raise ConfigError(f"model={self.loaded.path} does not state its context; pass max_length=<tokens>")
