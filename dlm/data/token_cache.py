@@ -40,6 +40,9 @@ META_FILE = "meta.json"
 MASK_FILE = "attention_mask.npy"
 Mode = Literal["wrap", "pack", "pad"]
 MODES = ("wrap", "pack", "pad")
+# the modes whose rows end with an [EOS] slot (wrap: every row; pad: the longest documents): a model trained on
+# them never saw text in the last position, so a scorer's rows should leave it out
+EOS_SLOT: dict[str, bool] = {"wrap": True, "pack": False, "pad": True}
 _ENCODE_BATCH = 256  # documents per encode_batch call (HF tokenizers parallelise inside one call)
 _WRITE_ROWS = 1024  # rows buffered per disk write
 

@@ -49,6 +49,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from dlm.data.token_cache import EOS_SLOT
 from dlm.errors import ConfigError
 from dlm.eval.block_conditional import block_span_scores
 from dlm.eval.conditional import Span, SpanScore, ar_span_scores, masked_span_scores
@@ -125,8 +126,9 @@ class DlmLM(TemplateLM):
             block: block decoding with the model's block size, max_prob, one token per call).
         batch_size: model rows per forward pass (a diffusion request gives ``mc_samples`` rows).
         seed: the root of every request's seed. device: "auto" | "cpu" | "cuda" | ...
-        max_length: row length L in tokens (default: the training rows' length, model.json seq_len, else the
-            model's max_seq_len: a RoPE model is not trained past its rows); longer inputs are
+        max_length: row length L in tokens (default: the training rows' length, model.json seq_len, less their
+            [EOS] slot for wrap / pad rows; else the model's max_seq_len: a RoPE model is not trained past
+            its rows); longer inputs are
             left-truncated (recorded). max_gen_toks: default generation budget (a task's gen_kwargs win).
         add_bos_token: prepend BOS to every context, and start every rolling window with it (dlm models are
             trained on rows that start with BOS); False: lm-eval's layout, as for an HF model.
@@ -177,8 +179,11 @@ class DlmLM(TemplateLM):
 
     # ---------------------------------------------------------------- settings
     def _row_length(self, max_length: int | None) -> int:
-        # default: the row length the model was trained on (as dlm-eval-ppl's seq_len), else its context
-        context = self.loaded.record.seq_len or self.net.max_seq_len
+        # default: the text slots of the rows the model was trained on (as dlm-eval-ppl's seq_len, less the
+        # last position where wrap / pad rows always held [EOS]: text there scored 3 % worse), else its context
+        trained = self.loaded.record.seq_len
+        context = (trained - EOS_SLOT.get((self.loaded.meta.get("data") or {}).get("mode"), False) if trained
+                   else self.net.max_seq_len)
         if max_length is None:
             if context is None:
                 raise ConfigError(f"model={self.loaded.path} does not state its context; pass max_length=<tokens>")

@@ -443,7 +443,8 @@ def test_fixture_task_yamls_name_their_data_relative_to_the_repository_root():
 
 def test_default_row_length_is_the_training_rows_not_the_rope_context(tmp_path):
     """A model trained on rows of 16 tokens with a 32-token RoPE table is scored on rows of 16 by default (as
-    dlm-eval-ppl does): positions 16..31 were never trained. max_length=32 still asks for the whole context."""
+    dlm-eval-ppl does): positions 16..31 were never trained. max_length=32 still asks for the whole context.
+    Rows that end in [EOS] (wrap) leave that slot out."""
     tok = CharTokenizer()
     spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
             "max_seq_len": 32, "attention": "causal", "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
@@ -451,3 +452,7 @@ def test_default_row_length_is_the_training_rows_not_the_rope_context(tmp_path):
                           seq_len=16)
     assert DlmLM(str(path), device="cpu").max_length == 16
     assert DlmLM(str(path), device="cpu", max_length=32).max_length == 32
+    # wrap rows ([BOS] piece [EOS]) always held [EOS] in their last position: text is scored in the 15 before it
+    wrap = save_model_dir(tmp_path / "w", model=build(spec), model_spec=spec, tokenizer=tok, family=Family.AR,
+                          seq_len=16, extra={"data": {"mode": "wrap"}})
+    assert DlmLM(str(wrap), device="cpu").max_length == 15
