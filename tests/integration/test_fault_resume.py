@@ -109,17 +109,23 @@ class KillAfterCheckpoint(Checkpoint):
 """
 
 
-def test_kill_right_after_a_step_checkpoint_keeps_that_steps_row(tmp_path, uninterrupted):
-    """The worst moment, made deterministic: SIGKILL between the checkpoint of step 3 and Lightning's log
-    of its metrics. The row must already be on disk (StepRowBeforeCheckpoint); without it the row of
-    step 2 is missing from the resumed history (this failed before the fix)."""
+def kill_after_checkpoint(tmp_path: Path, *, step: int) -> Path:
+    """A step-interval run SIGKILLed right after the checkpoint of ``step`` (the KILLER callback); its run dir."""
     (tmp_path / "killer.py").write_text(KILLER)
     run_dir = tmp_path / "killed"
-    kill = ["+callbacks.kill._target_=killer.KillAfterCheckpoint", "+callbacks.kill.step=3"]
+    kill = ["+callbacks.kill._target_=killer.KillAfterCheckpoint", f"+callbacks.kill.step={step}"]
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")]))}
     proc = subprocess.run([str(BIN / "dlm-train"), *COMMON, f"run_dir={run_dir}", *STEP_INTERVAL, *kill], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_kill_right_after_a_step_checkpoint_keeps_that_steps_row(tmp_path, uninterrupted):
+    """The worst moment, made deterministic: SIGKILL between the checkpoint of step 3 and Lightning's log
+    of its metrics. The row must already be on disk (StepRowBeforeCheckpoint); without it the row of
+    step 2 is missing from the resumed history (this failed before the fix)."""
+    run_dir = kill_after_checkpoint(tmp_path, step=3)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
     train(run_dir, *STEP_INTERVAL, "ckpt_path=last")
@@ -142,12 +148,6 @@ def test_kill_right_after_the_step_checkpoint_of_a_validation_step_keeps_that_va
     """Step 12 is both a step-interval checkpoint (every 3) and a validation step (every 4): Lightning validates
     after on_train_batch_end, where the step checkpoint is written. SIGKILL in between, then resume: the
     validation of step 12 must be in the history once, with the uninterrupted run's value."""
-    (tmp_path / "killer.py").write_text(KILLER)
-    run_dir = tmp_path / "killed"
-    kill = ["+callbacks.kill._target_=killer.KillAfterCheckpoint", "+callbacks.kill.step=12"]
-    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")]))}
-    proc = subprocess.run([str(BIN / "dlm-train"), *COMMON, f"run_dir={run_dir}", *STEP_INTERVAL, *kill], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    run_dir = kill_after_checkpoint(tmp_path, step=12)
     train(run_dir, *STEP_INTERVAL, "ckpt_path=last")
     assert_same_history(history(run_dir), uninterrupted)
