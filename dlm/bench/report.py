@@ -3,8 +3,11 @@
 One section per benchmark: what it compares (the first comment block of its ``conf/task/<name>.yaml``),
 its table (the result's ``rows``: scalar columns, numbers to 4 significant digits), its plots, the
 targets it states (result keys named ``target*`` or ending in ``_met``), the machine (CPU model,
-threads, torch), the date and the exact command. A benchmark with no result yet says so and how to
-make it. The main README links this page and keeps only headline rows.
+threads, torch), the date and the exact command, then its hand-written notes on the reference run
+(``<out_dir>/notes/<name>.md``, included verbatim when present: how it was measured, the full tables as
+measured, why each target was met or missed, how to reproduce; links in it are relative to ``<out_dir>``). A
+benchmark with no result yet says so and how to make it. The main README links this page and keeps only
+headline rows.
 """
 
 from __future__ import annotations
@@ -76,13 +79,26 @@ def _about(name: str) -> str:
     return " ".join(lines)
 
 
+def notes(name: str, page_dir: Path) -> str | None:
+    """The notes on a benchmark's reference run, ``<page_dir>/notes/<name>.md`` (stripped), or None."""
+    path = Path(page_dir) / "notes" / f"{name}.md"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _with_notes(out: list[str], text: str | None) -> str:
+    if text:
+        out = [*out, "### Notes (reference run)", "", text, ""]
+    return "\n".join(out)
+
+
 def section(name: str, spec: dict, record: dict | None, results: Path, page_dir: Path, quick: bool) -> str:
     out = [f"## `{name}`", "", _about(name), ""]
+    written = notes(name, page_dir)
     result_file = results / spec.get("outputs", {}).get("out", f"{name}.json")
     if not result_file.is_file():
         why = record.get("status") if record else "not run yet"
-        return "\n".join([*out, f"No result ({why}). Run: `dlm-bench all{' --quick' if quick else ''} "
-                          f"only=[{name}]`.", ""])
+        return _with_notes([*out, f"No result ({why}). Run: `dlm-bench all{' --quick' if quick else ''} "
+                            f"only=[{name}]`.", ""], written)
     result = json.loads(result_file.read_text())
     rows = result.get("rows")
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):
@@ -104,9 +120,9 @@ def section(name: str, spec: dict, record: dict | None, results: Path, page_dir:
     else:
         prov = result.get("provenance") or {}
         out += [f"Result file `{result_file.name}` (dlm {prov.get('dlm_version', '?')}, git {prov.get('git_rev', '?')}, "
-                f"torch {result.get('torch', '?')}, {result.get('threads', '?')} threads); not run by the suite: "
-                "command and date are in the main README's section for it.", ""]
-    return "\n".join(out)
+                f"torch {result.get('torch', '?')}, {result.get('threads', '?')} threads); not run by the suite"
+                + (": how it was run is in the notes below." if written else "."), ""]
+    return _with_notes(out, written)
 
 
 def render(root: Path, *, benches: dict, records: dict, quick: bool) -> Path:

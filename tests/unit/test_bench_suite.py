@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dlm.bench.report import table, targets
+from dlm.bench.report import render, table, targets
 from dlm.bench.suite import bench_all
 from dlm.errors import ConfigError
 
@@ -41,3 +41,22 @@ def test_table_and_targets():
                                         "| 2 | None | None |"]
     assert targets({"target_ratio": 1.1, "target_met": True, "rows": []}) == ["`target_ratio`: 1.1",
                                                                                 "`target_met`: True"]
+
+
+def test_page_includes_each_benchmarks_notes_and_needs_none(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "results" / "alpha.json").write_text(json.dumps({"rows": [{"x": 1.5}], "target_met": True}))
+    (tmp_path / "results" / "beta.json").write_text(json.dumps({"rows": [{"y": 2}]}))
+    (tmp_path / "notes" / "alpha.md").write_text("Measured on 2 cores: **0.986×** (target ≤ 1.10).\n\n| a |\n|---|\n")
+    (tmp_path / "notes" / "gamma.md").write_text("Not run yet; the lead will fill this in.\n")
+    benches = {n: {"outputs": {"out": f"{n}.json"}} for n in ("alpha", "beta", "gamma")}
+    page = render(tmp_path, benches=benches, records={}, quick=False).read_text()
+    alpha, beta, gamma = page.split("## `alpha`")[1].split("## `beta`")[0], *page.split("## `beta`")[1].split(
+        "## `gamma`")
+    assert "### Notes (reference run)\n\nMeasured on 2 cores: **0.986×** (target ≤ 1.10).\n\n| a |\n|---|\n" in alpha
+    assert alpha.index("| x |") < alpha.index("`target_met`: True") < alpha.index("### Notes")
+    assert "how it was run is in the notes below" in alpha
+    assert "Notes" not in beta and "| y |" in beta and "not run by the suite." in beta  # no notes file: fine
+    assert "No result (not run yet)" in gamma and "Not run yet; the lead will fill this in." in gamma
+    assert render(tmp_path, benches=benches, records={}, quick=False).read_text() == page  # deterministic

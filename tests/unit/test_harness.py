@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import shutil
 import sys
@@ -298,10 +299,18 @@ def test_batch_size_1_and_8_give_identical_outputs_for_every_request_type(dirs, 
 def test_over_long_context_is_left_truncated_and_recorded_and_empty_continuation_is_zero(dirs, caplog):
     lm = DlmLM(str(dirs["ar"]), device="cpu")
     context = TEXT.strip()
-    with caplog.at_level("WARNING", logger="dlm.eval.harness"):
-        [(lp, greedy), (lp0, greedy0)] = lm.loglikelihood(
-            [req("loglikelihood", context, " end", doc_id=3), req("loglikelihood", "abc", "", doc_id=4)])
-        lm.loglikelihood([req("loglikelihood", context, " a", doc_id=k) for k in range(5)])
+    # an in-process Hydra app of another test (job_logging: disabled) disables existing loggers: undo it here
+    harness_log, threshold = logging.getLogger("dlm.eval.harness"), logging.root.manager.disable
+    was_disabled, harness_log.disabled = harness_log.disabled, False
+    logging.disable(logging.NOTSET)
+    try:
+        with caplog.at_level("WARNING", logger="dlm.eval.harness"):
+            [(lp, greedy), (lp0, greedy0)] = lm.loglikelihood(
+                [req("loglikelihood", context, " end", doc_id=3), req("loglikelihood", "abc", "", doc_id=4)])
+            lm.loglikelihood([req("loglikelihood", context, " a", doc_id=k) for k in range(5)])
+    finally:
+        harness_log.disabled = was_disabled
+        logging.disable(threshold)
     # one warning per call, however many contexts it cut (each is listed in the record)
     warned = [r.getMessage() for r in caplog.records if "left-truncated" in r.getMessage()]
     assert len(warned) == 2 and warned[0].startswith("dlm: 1 of 2 ") and warned[1].startswith("dlm: 5 of 5 ")
