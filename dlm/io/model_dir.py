@@ -141,7 +141,7 @@ def read_record(path: str | Path, *, revision: str | None = None, **overrides: A
         raise CheckpointError(f"{where} is corrupt: expected a JSON object")
     meta, notes = migrate(raw, where=where)
     check_override_names(overrides)
-    spec, applied = apply_spec_overrides(meta["model"], overrides, where=str(path))
+    spec, applied = apply_spec_overrides(meta["model"], overrides, where=str(path), trained_len=meta.get("seq_len"))
     if overrides.get("dtype") is not None:
         applied["dtype"] = str(parse_dtype(overrides["dtype"])).removeprefix("torch.")
     if overrides.get("device") is not None:

@@ -9,7 +9,9 @@ describe the trained network, and is refused with the list of valid names.
 ``rope_scaling`` is one of
     "none"                    plain RoPE (the default of every dlm model)
     "ntk:<factor>"            ``dlm.nn.rope.NTK(factor)``
-    "ntk_auto:<target_len>"   ``dlm.nn.rope.NTKAuto(train_len=<saved max_seq_len>, target_len)``; unless
+    "ntk_auto:<target_len>"   ``dlm.nn.rope.NTKAuto(train_len, target_len)``, train_len = the length of
+                              the rows the model was trained on (model.json ``seq_len``; the positions it
+                              saw), else its saved ``max_seq_len`` (a converted HF model's context); unless
                               ``max_seq_len`` is given too, the context becomes ``target_len``
     "ntk_auto_diffusion:<target_len>"  ``dlm.nn.rope.NTKAutoDiffusion`` (UltraLLaDA's diffusion-aware
                               cap: the same rule with both lengths doubled), the context as for ntk_auto
@@ -75,9 +77,11 @@ def parse_dtype(value: Any) -> torch.dtype:
     raise ConfigError(f"dtype={value!r}; valid: {', '.join(DTYPES)} (or a torch.dtype)")
 
 
-def apply_spec_overrides(spec: dict, overrides: dict[str, Any], *, where: str) -> tuple[dict, dict]:
+def apply_spec_overrides(spec: dict, overrides: dict[str, Any], *, where: str,
+                         trained_len: int | None = None) -> tuple[dict, dict]:
     """(the model spec with ``rope_scaling`` / ``max_seq_len`` / ``attn_backend`` applied, the applied
-    values as JSON). Refuses an override the spec's constructor does not take."""
+    values as JSON). Refuses an override the spec's constructor does not take. ``trained_len``: the rows'
+    length in training (the automatic NTK rules' train_len; default the spec's max_seq_len)."""
     given = {k: v for k, v in overrides.items() if k in SPEC_OVERRIDES and v is not None}
     if not given:
         return spec, {}
@@ -88,7 +92,7 @@ def apply_spec_overrides(spec: dict, overrides: dict[str, Any], *, where: str) -
                           f"overrides it accepts: {', '.join(k for k in SPEC_OVERRIDES if k in accepted) or 'none'}")
     spec, applied = dict(spec), {}
     if "rope_scaling" in given:
-        rope = rope_scaling_spec(given["rope_scaling"], train_len=int(spec.get("max_seq_len") or 0))
+        rope = rope_scaling_spec(given["rope_scaling"], train_len=int(trained_len or spec.get("max_seq_len") or 0))
         spec["rope_scaling"] = applied["rope_scaling"] = rope
         auto = {ROPE_TARGETS[cls] for cls in AUTO_NAMES.values()}
         if rope is not None and rope["_target_"] in auto and "max_seq_len" not in given:

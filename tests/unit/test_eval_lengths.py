@@ -166,3 +166,19 @@ def test_hf_dynamic_rope_scaling_is_refused_naming_the_cache_hazard(tmp_path):
     assert not (tmp_path / "dlm").exists()
     with pytest.raises(ConfigError, match="not supported by the converter"):  # other scalings: their own refusal
         hf_to_dlm(saved("hf_linear", {"rope_type": "linear", "factor": 2.0}), tmp_path / "dlm")
+
+
+def test_ntk_auto_train_len_is_the_trained_row_length_not_the_rope_table(tmp_path):
+    """LongLLaDA's rule needs the positions the model saw: a model trained on rows of 16 tokens with a 32-token
+    RoPE table gets train_len 16 (a larger base than train_len 32 would give); a converted HF model (no seq_len)
+    falls back to its saved context."""
+    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2,
+            "max_seq_len": 32, "attention": "bidirectional", "vocab_size": TOK.vocab_size, "mask_id": TOK.mask_id}
+    rows16 = save_model_dir(tmp_path / "rows16", model=build(spec), model_spec=spec, tokenizer=TOK,
+                            family=Family.MASKED, seq_len=16, schedule_spec=SCHEDULE)
+    loaded = load_model_dir(rows16, rope_scaling="ntk_auto:128")
+    assert loaded.model.rope_scaling == NTKAuto(train_len=16, target_len=128)
+    assert NTKAuto(16, 128).factor(1e4, 16) > NTKAuto(32, 128).factor(1e4, 16)  # the rule sees a longer extension
+    unknown = save_model_dir(tmp_path / "hf", model=build(spec), model_spec=spec, tokenizer=TOK, family=Family.MASKED,
+                             seq_len=None, schedule_spec=SCHEDULE)
+    assert load_model_dir(unknown, rope_scaling="ntk_auto:128").model.rope_scaling == NTKAuto(32, 128)
