@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo long-context bench-zero-shot lint clean
+.PHONY: install demo test test-unit bench bench-all bench-all-quick block-recipe bench-block bench-edlm bench-lsd design-demo design-demo-dna long-context bench-zero-shot lint clean
 
 $(BIN)/.dlm-installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-lsd: install
 # method at matched network calls; table benchmarks/results/design.json + plot. ~10 min on 2 CPU cores
 design-demo: install
 	$(BIN)/dlm-bench design
+
+# DNA design on 200-bp windows of the human chr1 fragment (../shared/data): the "dna" block of design.json. ~6 min
+design-demo-dna: install
+	$(BIN)/dlm-bench design gb1=false dna=true dna_settings.motif_file=../shared/data/dna/JASPAR2022_CORE_non-redundant_pfms.meme
 
 # Long context: the needle model (experiment=needle_demo, trained into runs/bench_long/needle unless there),
 # needle grids and the perplexity bound at 1x/2x/4x its training length, without and with NTK RoPE scaling.

@@ -20,11 +20,14 @@ One run, on CPU, through the real commands (subprocesses: each is what a user ru
 
 Models already in ``work_dir`` are reused (a rerun only re-samples): delete ``work_dir`` after changing a
 training setting (``drakes_steps``, ``alphas``, ``oracle_steps``, ``seed``).
+
+``dna=true`` adds the DNA half (``dlm.bench.design_dna``) as the report's ``dna`` block; ``gb1=false`` runs it alone.
+The runs both halves share (DRAKES and ``dlm-design`` subprocesses, matched-compute arguments, the table) are
+``dlm.bench.design_runs``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -33,23 +36,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dlm.bench.design_runs import (
+    INFERENCE,
+    alpha_name,
+    design,
+    finetune,
+    inference_runs,
+    method_table,
+    targets_line,
+)
 from dlm.bench.judged_quality import train
 from dlm.errors import ConfigError
 from dlm.io.atomic import write_json_atomic
 from dlm.io.provenance import provenance
-
-METHODS = ("base", "drakes", "drakes_alpha0", "svdd", "smc", "cg", "best_of_n")
-INFERENCE = ("svdd", "smc", "cg", "best_of_n")
-
-
-def design(args: list[str], log: Path) -> dict:
-    """``dlm design <args>`` as a subprocess; its last stdout line (the JSON summary); stderr kept in ``log``."""
-    with open(log, "w", encoding="utf-8") as err:
-        proc = subprocess.run([sys.executable, "-m", "dlm", "design", *args], stdout=subprocess.PIPE, stderr=err,
-                              text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dlm design {' '.join(args)} failed ({proc.returncode}); see {log}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def fit_oracle(out: Path, steps: int) -> Path:
@@ -57,10 +56,6 @@ def fit_oracle(out: Path, steps: int) -> Path:
         subprocess.run([sys.executable, "-m", "dlm", "fit-oracle", f"out={out}", f"steps={steps}"], check=True,
                        stdout=subprocess.DEVNULL)
     return out
-
-
-def alpha_name(alpha: float) -> str:
-    return f"{alpha:g}".replace(".", "p")
 
 
 def landscape(base_model: str, reward_dir: str, num_steps: int) -> dict:
@@ -142,11 +137,7 @@ def markdown_table(results: dict) -> str:
     cols = ("median_reward", "mean_reward", "top1_share", "kl_to_tilted", "kl_to_tilted_reward_bins",
             "kl_to_pretrained", "kl_to_pretrained_reward_bins", "app_log_lik", "unique_fraction", "hamming",
             "network_rows_per_design", "seconds")
-    lines = ["| method | " + " | ".join(cols) + " | KL |", "|---" * (len(cols) + 2) + "|"]
-    for name, row in results.items():
-        cells = [("—" if row.get(c) is None else f"{row[c]:.3g}") for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'exact' if row.get('kl_exact') else 'estimate'} |")
-    return "\n".join(lines)
+    return method_table(results, cols, last=("KL", lambda row: "exact" if row.get("kl_exact") else "estimate"))
 
 
 def sweep_table(sweep: dict, best: float) -> str:
@@ -174,18 +165,11 @@ def targets(results: dict) -> dict:
     return out
 
 
-def bench_design(*, work_dir: str = "runs/design_demo", alphas: list[float] = (0.5, 1.0, 2.0), num_samples: int = 2048,
-                 num_steps: int = 8, svdd_candidates: int = 21, smc_particles: int = 9, best_of_n: int = 16,
-                 drakes_steps: int = 200, oracle_steps: int = 2000, batch_size: int = 512, seed: int = 0,
-                 threads: int = 1, workers: int = 2, out: str = "benchmarks/results/design.json",
-                 plot: str | None = "benchmarks/results/design_reward_vs_kl.png", dna: bool = False) -> dict:
-    """The run of the module docstring; returns the last-line JSON (also printed by ``dlm-bench``)."""
-    if dna:
-        raise ConfigError("dna=true: the DNA half of dlm-bench design (dna_base_demo + drakes_dna_demo + motif "
-                          "metrics) is a follow-up; run with dna=false")
+def bench_gb1(*, work_dir: str, alphas: list[float], num_samples: int, num_steps: int, svdd_candidates: int,
+              smc_particles: int, best_of_n: int, drakes_steps: int, oracle_steps: int, batch_size: int, seed: int,
+              threads: int, workers: int, plot: str | None, settings: dict) -> tuple[dict, dict]:
+    """The GB1 run of the module docstring: (the report, the last-line JSON)."""
     t0 = time.perf_counter()
-    # every subprocess: these networks are tiny, and on a busy 2-core machine one thread per process is fastest
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     work = Path(work_dir)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -197,12 +181,11 @@ def bench_design(*, work_dir: str = "runs/design_demo", alphas: list[float] = (0
               f"batch_size={batch_size}", "overwrite=true"]
     pool = ThreadPoolExecutor(max_workers=workers)  # subprocesses: one per core, the GIL is not held
 
-    def finetune(a: float) -> str:
-        return str(train(["experiment=drakes_gb1_demo", f"init_from={base_dir}", f"reward.path={reward_dir}",
-                          f"objective.alpha={a}", f"objective.num_steps={num_steps}", f"trainer.max_steps={drakes_steps}",
-                          f"seed={seed}", "trainer.enable_progress_bar=false"], work / f"drakes_alpha{alpha_name(a)}"))
+    def drakes(a: float) -> str:
+        return finetune(experiment="drakes_gb1_demo", base_dir=base_dir, alpha=a, num_steps=num_steps,
+                        max_steps=drakes_steps, seed=seed, work=work, extra=[f"reward.path={reward_dir}"])
 
-    sweep = {a: {"model": m} for a, m in zip([*alphas, 0.0], pool.map(finetune, [*alphas, 0.0]), strict=True)}
+    sweep = {a: {"model": m} for a, m in zip([*alphas, 0.0], pool.map(drakes, [*alphas, 0.0]), strict=True)}
     # each alpha's distance to its own optimum, exactly (the fine-tuning reward and the pretrained model only)
     scored = pool.map(lambda a: design([f"model={sweep[a]['model']}", "method=drakes", f"target_alpha={a}",
                                         f"out={work / f'sweep_alpha{alpha_name(a)}.csv'}", *common],
@@ -224,12 +207,8 @@ def bench_design(*, work_dir: str = "runs/design_demo", alphas: list[float] = (0
     runs = {"base": [f"model={base_dir}", "method=base"],
             "drakes": [f"model={sweep[best]['model']}", "method=drakes"],
             "drakes_alpha0": [f"model={sweep[0.0]['model']}", "method=drakes"],
-            "svdd": [f"model={base_dir}", "method=svdd", f"method.sampler.num_candidates={svdd_candidates}",
-                     f"method.sampler.alpha={best}"],
-            "smc": [f"model={base_dir}", "method=smc", f"method.sampler.num_particles={smc_particles}",
-                    f"method.sampler.alpha={best}"],
-            "cg": [f"model={base_dir}", "method=cg", f"method.sampler.alpha={best}"],
-            "best_of_n": [f"model={base_dir}", "method=best_of_n", f"method.sampler.num_candidates={best_of_n}"]}
+            **inference_runs(base_dir, alpha=best, svdd_candidates=svdd_candidates, smc_particles=smc_particles,
+                             best_of_n=best_of_n)}
     done = pool.map(lambda name: design([*runs[name], *target, *common, f"out={work / f'{name}.csv'}"],
                                         logs / f"{name}.log"), runs)
     results = dict(zip(runs, done, strict=True))
@@ -240,20 +219,84 @@ def bench_design(*, work_dir: str = "runs/design_demo", alphas: list[float] = (0
               f"{r['network_rows_per_design']:.1f} rows/design", flush=True)
     front = frontier(land, best, [2.0 ** (k / 2) for k in range(12, -10, -1)])
     met = targets(results)
-    settings = {"alphas": list(alphas), "alpha": best, "num_samples": num_samples, "num_steps": num_steps,
-                "svdd_candidates": svdd_candidates, "smc_particles": smc_particles, "best_of_n": best_of_n,
-                "drakes_steps": drakes_steps, "oracle_steps": oracle_steps, "threads": threads, "workers": workers,
-                "dna": dna}
+    settings = {**settings, "alpha": best}
     report = {"task": "design", "dataset": "gb1", "settings": settings, "sweep": {str(k): v for k, v in sweep.items()},
               "results": results, "frontier": front, "targets": met, "load_average": list(os.getloadavg()),
-              "wall_seconds": time.perf_counter() - t0, "dna": "not run: DNA is a follow-up (issue 13)",
-              "provenance": provenance(seed=seed, settings=settings, source=base_dir)}
-    write_json_atomic(Path(out), report)
+              "wall_seconds": time.perf_counter() - t0, "provenance": provenance(seed=seed, settings=settings,
+                                                                                 source=base_dir)}
     if plot:
         plot_reward_vs_kl(results, front, Path(plot))
     print(sweep_table(sweep, best), flush=True)
     print(markdown_table(results), flush=True)
-    print("targets: " + "; ".join(f"{k} {'met' if v['met'] else 'missed'}" for k, v in met.items()), flush=True)
-    return {**results, "base_model_dir": base_dir, "drakes_model_dir": sweep[best]["model"], "reward_dir": reward_dir,
-            "alpha": best, "targets": {k: v["met"] for k, v in met.items()}, "out": out,
-            "wall_seconds": report["wall_seconds"]}
+    print(targets_line(met), flush=True)
+    return report, {**results, "base_model_dir": base_dir, "drakes_model_dir": sweep[best]["model"],
+                    "reward_dir": reward_dir, "alpha": best, "targets": {k: v["met"] for k, v in met.items()}}
+
+
+def bench_design(*, work_dir: str = "runs/design_demo", alphas: list[float] = (0.5, 1.0, 2.0), num_samples: int = 2048,
+                 num_steps: int = 8, svdd_candidates: int = 21, smc_particles: int = 9, best_of_n: int = 16,
+                 drakes_steps: int = 200, oracle_steps: int = 2000, batch_size: int = 512, seed: int = 0,
+                 threads: int = 1, workers: int = 2, out: str = "benchmarks/results/design.json",
+                 plot: str | None = "benchmarks/results/design_reward_vs_kl.png", gb1: bool = True, dna: bool = False,
+                 dna_settings: dict | None = None) -> dict:
+    """GB1 (``gb1``, the module docstring) and DNA (``dna``: ``dlm.bench.design_dna.bench_dna(**dna_settings)``)
+    into one report ``out``: GB1's keys at the top level, DNA's in its ``dna`` block. With ``gb1=false`` the GB1
+    part of an existing ``out`` is kept and only its ``dna`` block is replaced; with ``dna=false`` its ``dna``
+    block is kept. Returns the last-line JSON: GB1's methods and directories, plus ``dna`` (its methods,
+    directories and targets) when it ran."""
+    if not (gb1 or dna):
+        raise ConfigError("gb1=false and dna=false: nothing to run; set gb1=true and/or dna=true")
+    t0 = time.perf_counter()
+    # every subprocess: these networks are tiny, and on a busy 2-core machine one thread per process is fastest
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    dna_block = dna_line = None
+    if dna:
+        from dlm.bench.design_dna import bench_dna, check_dna_settings
+
+        dna_settings = check_dna_settings(dna_settings or {}, workers=workers, seed=seed, out=out)
+    if gb1:
+        settings = {"alphas": list(alphas), "num_samples": num_samples, "num_steps": num_steps,
+                    "svdd_candidates": svdd_candidates, "smc_particles": smc_particles, "best_of_n": best_of_n,
+                    "drakes_steps": drakes_steps, "oracle_steps": oracle_steps, "threads": threads, "workers": workers,
+                    "dna": dna}
+        report, line = bench_gb1(work_dir=work_dir, alphas=list(alphas), num_samples=num_samples, num_steps=num_steps,
+                                 svdd_candidates=svdd_candidates, smc_particles=smc_particles, best_of_n=best_of_n,
+                                 drakes_steps=drakes_steps, oracle_steps=oracle_steps, batch_size=batch_size, seed=seed,
+                                 threads=threads, workers=workers, plot=plot, settings=settings)
+    else:
+        report, line = previous_report(Path(out)), {}
+    if dna:
+        report["dna"] = "not finished: the DNA part was interrupted"  # the GB1 part is safe on disk meanwhile
+        write_json_atomic(Path(out), report)
+        dna_block, dna_line = bench_dna(**dna_settings)
+    report["dna"] = dna_block if dna_block is not None else kept_dna_block(Path(out)) or "not run (dna=false)"
+    write_json_atomic(Path(out), report)
+    return {**line, **({"dna": dna_line} if dna_line else {}), "out": out, "wall_seconds": time.perf_counter() - t0}
+
+
+def kept_dna_block(out: Path) -> dict | None:
+    """The ``dna`` block of the design report already at ``out`` (a ``dna=false`` run keeps it, as a ``gb1=false``
+    run keeps the GB1 part; its own provenance dates it), or None."""
+    import json
+
+    try:
+        report = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    block = report.get("dna") if isinstance(report, dict) and report.get("task") == "design" else None
+    return block if isinstance(block, dict) else None
+
+
+def previous_report(out: Path) -> dict:
+    """The report already at ``out`` (its GB1 part is kept by a ``gb1=false`` run), or a DNA-only report."""
+    import json
+
+    if out.is_file():
+        try:
+            report = json.loads(out.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ConfigError(f"out={out} is not a JSON report ({err}); choose another out= or delete it") from None
+        if report.get("task") != "design":
+            raise ConfigError(f"out={out} is not a dlm-bench design report; choose another out= or delete it")
+        return report
+    return {"task": "design", "dataset": "dna"}

@@ -88,10 +88,15 @@ def _quality(caches: dict, *, model_dir: str, judge: str, length: int, num_sampl
     prompt = torch.full((num_samples, length // 2), tok.bos_id if tok.bos_id is not None else 0)
     _, base = _run(den.model, None, length=length, batch_size=num_samples, seed=seed, prompt=prompt[:, :1])
     base_nll = _judge_nll(ar.model, base.tokens, 1)
-    rows = [{"cache": "none", "judge_nll": float(base_nll.mean()), "diff_vs_none": 0.0, "paired_se": 0.0}]
+    rows = [{"cache": "none", "judge_nll": float(base_nll.mean()), "diff_vs_none": 0.0, "paired_se": 0.0,
+             "agreement": 1.0, "quality_met": True}]
     for name, cache in caches.items():
         _, res = _run(den.model, cache, length=length, batch_size=num_samples, seed=seed, prompt=prompt[:, :1])
         diff = _judge_nll(ar.model, res.tokens, 1) - base_nll
+        se = float(diff.std(unbiased=True) / math.sqrt(num_samples))
+        agreement = float((res.tokens[:, 1:] == base.tokens[:, 1:]).float().mean())  # generated tokens, same draws
+        # the bar: >= 95 % of tokens as without the cache, judge NLL within 2 paired standard errors
         rows.append({"cache": name, "judge_nll": float(base_nll.mean() + diff.mean()), "diff_vs_none": float(diff.mean()),
-                     "paired_se": float(diff.std(unbiased=True) / math.sqrt(num_samples))})
+                     "paired_se": se, "agreement": agreement,
+                     "quality_met": agreement >= 0.95 and abs(float(diff.mean())) <= 2 * se})
     return rows

@@ -107,6 +107,12 @@ class NeedleTask:
         pair's room always suffices."""
         return (self.num_pairs + 1) * self.pair_len
 
+    def value_spans(self) -> list[tuple[int, int]]:
+        """Document offsets [start, stop) of every query's value, in order; the last is the answer."""
+        first = self.context_len + self.query_len
+        step = self.query_len + self.value_len
+        return [(first + i * step, first + i * step + self.value_len) for i in range(self.num_queries)]
+
     @property
     def answer_start(self) -> int:
         """Offset of the answer in the document (it is always the last ``value_len`` characters)."""
@@ -211,16 +217,31 @@ def document_seed(seed: int, split: str, index: int) -> str:
     return f"{seed}:{split}:{index}"
 
 
+def check_answer_only_fraction(fraction: float) -> float:
+    """``answer_only_fraction`` must lie in [0, 1]; returned as is."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"needle answer_only_fraction={fraction!r} must lie in [0, 1] (the share of rows whose "
+                          "only masked and scored tokens are the queries' values; 0 = none)")
+    return fraction
+
+
 class NeedleRows(Dataset):
     """Documents ``0 .. num_docs - 1`` of one split as rows ``{"input_ids": (length + 2,) long}``, generated on
-    demand (deterministic per index, so a training stream of any size costs no memory)."""
+    demand (deterministic per index, so a training stream of any size costs no memory).
+
+    ``answer_only_fraction`` > 0 adds ``prompt_mask`` (length + 2,) bool to every row: in that fraction of
+    rows (drawn per index from the seed) it marks every token except the queries' values, so a loss with
+    ``objective.sft=true`` masks and scores only those values given the whole clean context (a retrieval
+    example per query, the conditional NELBO of LLaDA's SFT); in the other rows it is all False (ordinary
+    unconditional rows: the model still learns the whole document, so it can be sampled and scored)."""
 
     def __init__(self, task: NeedleTask, tokenizer, *, split: str, num_docs: int, seed: int = 0,
-                 depth: float | None = None) -> None:
+                 depth: float | None = None, answer_only_fraction: float = 0.0) -> None:
         if num_docs < 1:
             raise ConfigError(f"needle num_docs={num_docs} must be >= 1 (documents of the {split} split)")
+        check_answer_only_fraction(answer_only_fraction)
         self.task, self.tokenizer, self.split, self.num_docs = task, tokenizer, split, num_docs
-        self.seed, self.depth = seed, depth
+        self.seed, self.depth, self.answer_only_fraction = seed, depth, answer_only_fraction
         needle_row(self.document(0), tokenizer)  # refuse a tokenizer that is not one token per character now
 
     def __len__(self) -> int:
@@ -229,5 +250,18 @@ class NeedleRows(Dataset):
     def document(self, i: int) -> NeedleDoc:
         return needle_document(self.task, seed=document_seed(self.seed, self.split, i), depth=self.depth)
 
+    def answer_only(self, i: int) -> bool:
+        """Whether row ``i`` is an answer-only (SFT) row: a seeded draw of its own, apart from the document's."""
+        seed = document_seed(self.seed, self.split, i) + ":answer_only"
+        return self.answer_only_fraction > 0 and random.Random(seed).random() < self.answer_only_fraction
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.tensor(needle_row(self.document(i), self.tokenizer), dtype=torch.long)}
+        row = {"input_ids": torch.tensor(needle_row(self.document(i), self.tokenizer), dtype=torch.long)}
+        if self.answer_only_fraction > 0:
+            prompt = torch.zeros(self.task.length + ROW_SPECIALS, dtype=torch.bool)
+            if self.answer_only(i):
+                prompt[:] = True
+                for start, stop in self.task.value_spans():
+                    prompt[1 + start : 1 + stop] = False  # +1: the row's BOS
+            row["prompt_mask"] = prompt
+        return row

@@ -15,6 +15,10 @@ any compute, and the files are written only when every design is scored, atomica
   <out stem>.summary.json    the summary (returned) with ``settings``; an existing ``out`` is replaced only by a
                              job of the same settings (a rerun), as dlm-sample does
 
+DNA designs are compared with data when the design space's ``measured`` entry builds a ``DesignReference``
+(``reference.path=<FASTA | table>``, ``dlm.eval.design_reference``): the 3-mer and JASPAR motif correlations with
+its top windows (``dlm.eval.design_dna_metrics``), the reference read and checked before any design is drawn.
+
 Network calls: ``nfe`` is the samplers' count of batched denoiser calls per design's batch (dlm-sample's);
 ``network_rows_per_design`` counts every sequence the denoiser was run on (a forward hook), divided by the
 designs: the compute that matched-budget comparisons equalise (an SVDD step runs 1 + M rows per row).
@@ -37,7 +41,9 @@ from dlm.data.sequence_table import SequenceTable
 from dlm.data.tokenizers.bio import LetterTokenizer
 from dlm.errors import CheckpointError, ConfigError, DlmError
 from dlm.eval.design import app_log_lik, design_diversity, reward_stats
+from dlm.eval.design_dna_metrics import reference_metrics
 from dlm.eval.design_exact import cells_of, enumerable
+from dlm.eval.design_reference import DesignReference, ReferenceRows
 from dlm.eval.design_space import space_metrics
 from dlm.eval.sample_job import check_samples_path, rows_start_with_bos
 from dlm.io.atomic import atomic_file, write_json_atomic
@@ -46,6 +52,7 @@ from dlm.io.provenance import provenance
 from dlm.io.reward_dir import save_reward
 from dlm.rewards.finite import check_finite_reward
 from dlm.rewards.protocol import RewardModel, check_reward_fits
+from dlm.rewards.pwm import DNA
 from dlm.rewards.reward_dir import REWARD_FILE, locate_dlm
 from dlm.rewards.separation import check_separate_oracles
 from dlm.types import Sampler
@@ -181,15 +188,38 @@ def check_design_reward(loaded: LoadedModel, reward: RewardModel | None, *, key:
         raise ConfigError(f"{key}: {e}") from None
 
 
+def dna_reference(letters: str, measured: Callable[[], object] | None) -> DesignReference | None:
+    """The reference of a DNA design space (its ``measured`` entry), None for other alphabets or without one."""
+    if letters != DNA or measured is None:
+        return None
+    reference = measured()
+    if reference is not None and not isinstance(reference, DesignReference):
+        raise ConfigError(f"design_spaces.{DNA}.measured built a {type(reference).__name__}; DNA designs are compared "
+                          "with a reference: dlm.eval.design_reference.load_reference (reference.path=<FASTA | table>)")
+    return reference
+
+
+def compare_with_reference(designs: Tensor, reference: DesignReference, rows: ReferenceRows, eval_reward: RewardModel,
+                           *, vocab_size: int, eval_label: str) -> dict:
+    """``reference_metrics`` of designs (B, L) against the reference rows, ranked by their measured values or,
+    without any, by the evaluation oracle; the keys prefixed as in the summary."""
+    windows = torch.tensor([[DNA.index(c) for c in s] for s in rows.sequences], dtype=torch.long)
+    values = (torch.tensor(rows.values, dtype=torch.float64) if rows.values is not None else
+              score(eval_reward, windows, vocab_size, where=f"the evaluation oracle {eval_label} (reference windows)"))
+    return {**reference_metrics(designs, windows, values, top_fraction=reference.top_fraction, hits=reference.hits),
+            "reference": rows.source, "reference_ranked_by": reference.settings()["ranked_by"]}
+
+
 def design_to_file(*, loaded: LoadedModel, sampler: Sampler, method: str, needs_gradient: bool,
                    reward: RewardModel | None, reward_label: str | None, reward_path: str | None,
                    eval_reward: RewardModel, eval_label: str, eval_path: str | None, num_samples: int,
                    length: int | None = None, batch_size: int = 256, seed: int = 0, out: str | Path = "designs.csv",
                    pretrained: str | None = None, allow_same_oracle: bool = False, threshold: float | None = None,
-                   log_lik_samples: int = 16, measured: Callable[[], SequenceTable | None] | None = None,
+                   log_lik_samples: int = 16, measured: Callable[[], SequenceTable | DesignReference | None] | None = None,
                    top_fraction: float = 0.01, target_alpha: float | None = None, overwrite: bool = False) -> dict:
     """Run the job of the module docstring; returns the summary (also written beside ``out``). ``measured``
-    builds the measured data of the space (top 1 %, natural prior), called once every input is accepted."""
+    builds the measured data of the space (top 1 %, natural prior), called once every input is accepted; for
+    DNA it builds the ``DesignReference`` (or None), read before sampling."""
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
     out = Path(out)
@@ -200,12 +230,17 @@ def design_to_file(*, loaded: LoadedModel, sampler: Sampler, method: str, needs_
     check_design_reward(loaded, eval_reward, key="eval_reward", method=method, needs_gradient=False, length=length)
     same_oracle_check(reward, reward_path, eval_reward, eval_path, allow_same_oracle=allow_same_oracle)
     pre_dir = pretrained_dir(loaded, method, pretrained)
+    reference = dna_reference(letters, measured)
+    ref_rows = None if reference is None else reference.rows(designed)  # read and checked before any sampling
+    if reference is not None:
+        measured = None  # a DNA space's measured entry is its reference, not measured cells
     sampler.check_model(loaded.model)
     record = provenance(seed=seed, settings=sampler, model=loaded.model, source=loaded.path)
     settings = {"method": method, "sampler": record["settings"], "model_fingerprint": record["model_fingerprint"],
                 "reward": reward_label, "eval_reward": eval_label, "num_samples": num_samples, "length": length,
                 "batch_size": batch_size, "seed": seed, "pretrained": pre_dir, "target_alpha": target_alpha,
-                "log_lik_samples": log_lik_samples, "threshold": threshold, "top_fraction": top_fraction}
+                "log_lik_samples": log_lik_samples, "threshold": threshold, "top_fraction": top_fraction,
+                **({} if reference is None else {"reference": reference.settings()})}
     summary_path = out.with_name(f"{out.stem}.summary.json")
     if not overwrite:
         check_samples_path(out, summary_path, settings)
@@ -258,6 +293,8 @@ def design_to_file(*, loaded: LoadedModel, sampler: Sampler, method: str, needs_
                                  pretrained=pre.model, alphabet_size=len(letters), length=designed, reward=reward,
                                  eval_reward=eval_reward, measured_cells=m_cells, measured_values=m_values,
                                  top_fraction=top_fraction, target_alpha=target_alpha)
+    if reference is not None:
+        summary |= compare_with_reference(x, reference, ref_rows, eval_reward, vocab_size=v, eval_label=eval_label)
     summary["total_seconds"] = time.perf_counter() - start
     summary = finite_or_none({**summary, "provenance": record, "settings": settings})
     write_designs(out, fmt, [sequence_text(row, letters) for row in x.tolist()], r_values, e_values)

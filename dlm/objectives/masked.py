@@ -12,6 +12,11 @@ SUBS denoiser p_theta over the real vocabulary (notation of ``dlm.diffusion.sche
 
 All four have the same expectation (RADD Thm 2) for a time-free denoiser. A time-conditioned
 denoiser gets t = alpha^{-1}(1 - lambda) for the lambda and k forms.
+
+``sft`` (LLaDA's supervised fine-tuning, Nie et al. 2025 Sec. 2.3): the batch carries ``prompt_mask``
+(B, L) bool; prompt tokens are clean context, never masked and never scored, so every form above
+becomes the conditional NELBO of -log p_theta(answer | prompt). A row whose ``prompt_mask`` is all
+False is an ordinary (unconditional) row, so one batch may mix both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor
 from dlm.diffusion.forward import TimeSampling, mask_exactly_k, mask_tokens, sample_k, sample_t, sample_unit
 from dlm.diffusion.posterior import masked_token_nll
 from dlm.diffusion.schedule import nelbo_weight
+from dlm.errors import ConfigError
 from dlm.io.record import Family
 from dlm.nn.attention import padding_mask_to_attn_mask
 from dlm.types import Denoiser, LossOutput, NoiseSchedule
@@ -31,8 +37,9 @@ from dlm.types import Denoiser, LossOutput, NoiseSchedule
 LossForm = Literal["nelbo", "t_dce", "lambda_dce", "k_dce"]
 
 
-def target_positions(batch: dict[str, Tensor], keep_first_token: bool) -> Tensor:
-    """(B, L) bool: tokens scored by the loss (real tokens; the first one optionally kept clean).
+def target_positions(batch: dict[str, Tensor], keep_first_token: bool, sft: bool = False) -> Tensor:
+    """(B, L) bool: tokens scored by the loss (real tokens; the first one optionally kept clean;
+    with ``sft``, none of ``batch["prompt_mask"]``).
 
     ``keep_first_token`` conditions on position 0 (a BOS, or the first token of a packed chunk),
     which makes the diffusion NELBO and the AR NLL score exactly the same tokens.
@@ -43,6 +50,11 @@ def target_positions(batch: dict[str, Tensor], keep_first_token: bool) -> Tensor
     if keep_first_token:
         eligible = eligible.clone()
         eligible[:, 0] = False
+    if sft:
+        if "prompt_mask" not in batch:
+            raise ConfigError("objective.sft=true needs batch['prompt_mask'] (B, L) bool (e.g. data=needle with "
+                              "data.answer_only_fraction > 0); set objective.sft=false otherwise")
+        eligible = eligible & ~batch["prompt_mask"].bool()
     return eligible
 
 
@@ -62,6 +74,8 @@ class MaskedDiffusionLoss:
         t_sampling: ``antithetic`` (stratified over the batch) or ``uniform``.
         t_min: lower clip of t for the t-based forms (bounds the 1/t weight's variance).
         keep_first_token: never mask position 0 and leave it out of the loss.
+        sft: the batch carries ``prompt_mask`` (B, L) bool; prompt tokens are never masked nor scored
+            (the conditional NELBO; module docstring). False: ``prompt_mask`` is ignored.
     """
 
     family = Family.MASKED  # what it trains: read by the runner, written to the exported model.json
@@ -75,6 +89,7 @@ class MaskedDiffusionLoss:
         t_sampling: TimeSampling = "antithetic",
         t_min: float = 1e-3,
         keep_first_token: bool = False,
+        sft: bool = False,
     ) -> None:
         if form not in ("nelbo", "t_dce", "lambda_dce", "k_dce"):
             raise ValueError(f"objective.form={form!r}; valid: nelbo, t_dce, lambda_dce, k_dce")
@@ -85,6 +100,7 @@ class MaskedDiffusionLoss:
         self.t_sampling = t_sampling
         self.t_min = t_min
         self.keep_first_token = keep_first_token
+        self.sft = sft
 
     def corrupt(
         self, x0: Tensor, eligible: Tensor, mask_id: int, generator: torch.Generator | None = None
@@ -112,7 +128,7 @@ class MaskedDiffusionLoss:
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> LossOutput:
         x0 = batch["input_ids"]
-        eligible = target_positions(batch, self.keep_first_token)
+        eligible = target_positions(batch, self.keep_first_token, self.sft)
         xt, masked, t, weight = self.corrupt(x0, eligible, model.mask_id, generator)
         pad = batch.get("attention_mask")
         attn_mask = None if pad is None else padding_mask_to_attn_mask(pad)

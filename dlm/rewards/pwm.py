@@ -138,6 +138,9 @@ class _PWMScan:
         xt = x.float().transpose(1, 2)  # (B, 4, L): channels = letters for conv1d
         out = []
         for pwm in self.pwms:
+            if xt.shape[-1] < pwm.shape[0]:  # no window fits (conv1d would raise): no score
+                out.append(xt.new_zeros(xt.shape[0], 2, 0))
+                continue
             kernels = torch.stack([pwm.T, reverse_complement(pwm).T]).to(xt)  # (2, 4, w)
             out.append(F.conv1d(xt, kernels))
         return out

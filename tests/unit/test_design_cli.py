@@ -195,8 +195,41 @@ def test_the_benchmark_targets_are_met_or_missed_by_their_numbers():
     assert not met["kl_to_tilted_below_inference"]["met"] and not met["alpha0_unique_ratio"]["met"]
 
 
-def test_dna_in_the_design_benchmark_is_refused_as_a_follow_up():
+def test_the_design_benchmark_refuses_to_run_nothing_and_bad_dna_settings_before_compute(tmp_path):
     from dlm.bench.design_demo import bench_design
 
-    with pytest.raises(ConfigError, match="follow-up"):
-        bench_design(dna=True)
+    with pytest.raises(ConfigError, match="nothing to run"):
+        bench_design(gb1=False, dna=False, out=str(tmp_path / "d.json"))
+    with pytest.raises(ConfigError, match="dna_settings.genome"):
+        bench_design(gb1=False, dna=True, dna_settings={"genome": str(tmp_path / "none.fa")}, out=str(tmp_path / "d.json"))
+    with pytest.raises(ConfigError, match="unknown key"):
+        bench_design(gb1=False, dna=True, dna_settings={"num_sample": 3}, out=str(tmp_path / "d.json"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dna_designs_are_compared_with_the_top_windows_of_a_reference(models, tmp_path, capsys):
+    dna12 = export(tmp_path / "dna12", DNATokenizer(), 12)
+    g = torch.Generator().manual_seed(0)
+    genome = "".join("ACGT"[i] for i in torch.randint(0, 4, (600,), generator=g).tolist())
+    fasta = tmp_path / "genome.fa"
+    fasta.write_text(">g\n" + genome + "\n")
+    args = [f"model={dna12}", "eval_reward=gc", "num_samples=16", f"out={tmp_path / 'd.csv'}"]
+    plain = run_design(args, capsys)
+    assert "kmer_pearson_top" not in plain and "reference" not in plain["settings"]  # no reference: no metrics
+    s = run_design([*args, f"reference.path={fasta}", "reference.top_fraction=0.2", "overwrite=true"], capsys)
+    assert s["reference_windows"] == 50 and s["reference_top_windows"] == 10 and s["motifs"] == 4
+    assert s["reference_ranked_by"] == "eval_reward" and s["settings"]["reference"]["top_fraction"] == 0.2
+    # the top windows are the GC-richest (the evaluation oracle ranks them): their least GC is above the median
+    windows = [genome[i:i + 12] for i in range(0, 600, 12)]
+    gc = sorted(sum(c in "GC" for c in w) / 12 for w in windows)
+    assert s["reference_top_value_min"] == pytest.approx(gc[-10]) and gc[-10] > gc[25]
+    for key in ("kmer_pearson_top", "kmer_pearson_all", "motif_pearson_top", "motif_spearman_top"):
+        assert -1.0 <= s[key] <= 1.0
+    table = tmp_path / "mpra.tsv"
+    table.write_text("seq\thepg2\n" + "".join(f"{w}\t{i}\n" for i, w in enumerate(windows)))
+    t = run_design([*args, f"reference.path={table}", "overwrite=true"], capsys)
+    assert t["reference_ranked_by"] == "hepg2" and t["reference_top_value_min"] == 45.0  # top 10 % of rows 0..49
+    with pytest.raises(ConfigError, match="needs 12"):  # a table of other lengths, refused before sampling
+        table.write_text("seq\thepg2\nACGT\t1\n")
+        run_design([*args, f"reference.path={table}", f"out={tmp_path / 'e.csv'}"], capsys)
+    assert not (tmp_path / "e.csv").exists()

@@ -10,17 +10,8 @@ import torch
 
 from dlm.data.tokenizers.bio import DNATokenizer
 from dlm.diffusion.schedule import LogLinearSchedule
-from dlm.eval.design import (
-    app_log_lik,
-    design_diversity,
-    kmer_counts,
-    kmer_pearson,
-    motif_counts,
-    reward_stats,
-    share_in,
-    top_fraction_cells,
-    top_sequences,
-)
+from dlm.eval.design import app_log_lik, design_diversity, reward_stats, share_in, top_fraction_cells
+from dlm.eval.design_dna_metrics import kmer_counts, kmer_pearson, motif_counts, top_sequences
 from dlm.eval.design_exact import (
     all_sequences,
     ancestral_law,

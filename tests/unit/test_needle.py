@@ -206,3 +206,35 @@ def test_bench_perplexity_texts_truncate_to_whole_training_documents(tmp_path):
     assert path.stat().st_mtime_ns == stamp  # unchanged data keeps its identity: a rerun replaces its results
     assert arm_overrides("none", 256) == {"max_seq_len": 256}
     assert arm_overrides("ntk_auto", 256) == {"rope_scaling": "ntk_auto:256"}
+
+
+def test_answer_only_rows_leave_only_the_query_values_unmarked():
+    task = NeedleTask.for_row(64, num_pairs=6, key_len=1, value_len=2, num_queries=3)
+    assert "prompt_mask" not in NeedleRows(task, TOK, split="train", num_docs=4)[0]  # fraction 0: plain rows
+    rows = NeedleRows(task, TOK, split="train", num_docs=200, answer_only_fraction=0.5)
+    kinds = []
+    for i in range(200):
+        row, doc = rows[i], rows.document(i)
+        prompt = row["prompt_mask"]
+        assert prompt.shape == row["input_ids"].shape and prompt.dtype == torch.bool
+        kinds.append(rows.answer_only(i))
+        if not rows.answer_only(i):
+            assert not prompt.any()  # an ordinary row: nothing is context-only
+            continue
+        free = (~prompt).nonzero().flatten().tolist()
+        assert len(free) == 3 * task.value_len
+        values = re.findall(r"\?[A-Z]=(\d\d)", doc.text)
+        assert TOK.decode(row["input_ids"][free].tolist()) == "".join(values)  # the three queries' values
+        assert TOK.decode(row["input_ids"][free[-2:]].tolist()) == doc.answer  # the needle's answer is among them
+    assert 70 < sum(kinds) < 130  # about half, drawn per index
+    assert kinds == [NeedleRows(task, TOK, split="train", num_docs=200, answer_only_fraction=0.5).answer_only(i)
+                     for i in range(200)]  # deterministic
+    with pytest.raises(ConfigError, match="answer_only_fraction=1.5"):
+        NeedleRows(task, TOK, split="train", num_docs=4, answer_only_fraction=1.5)
+
+
+def test_needle_module_refuses_a_bad_answer_only_fraction_at_build_time():
+    from dlm.train.needle_datamodule import NeedleDataModule
+
+    with pytest.raises(ConfigError, match="answer_only_fraction=-0.1"):
+        NeedleDataModule(tokenizer=TOK, seq_len=64, num_pairs=3, answer_only_fraction=-0.1)
