@@ -246,7 +246,13 @@ def test_batch_size_1_and_8_give_identical_outputs_for_every_request_type(dirs, 
     settings = dict(device="cpu", mc_samples=6, sampler=sampler, max_gen_toks=6)
     one = all_requests(DlmLM(str(dirs[name]), batch_size=1, **settings))
     eight = DlmLM(str(dirs[name]), batch_size=8, **settings)
-    assert all_requests(eight) == one  # exact: same bits, same text
+    got = all_requests(eight)
+    assert got[0] == one[0] and got[2] == one[2]  # loglikelihood and generation: exact, same bits, same text
+    if name == "block_shift":  # rolling windows of a shift_logits model: multi-threaded GEMM kernels chosen by the
+        # batch's row count round the last bit differently (seen with 2 threads); the draws are the same
+        assert got[1] == pytest.approx(one[1], rel=1e-7, abs=1e-9)
+    else:
+        assert got[1] == one[1]
     info = eight.get_model_info()["dlm"]
     assert info["family"] == "block" and info["estimator"]["diffusion_block_size"] == 4
     other = all_requests(DlmLM(str(dirs[name]), batch_size=8, seed=1, **settings))
