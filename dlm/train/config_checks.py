@@ -56,6 +56,17 @@ def check_train_config(cfg: DictConfig) -> None:
     check_positive("eval_batch_size", cfg.get("eval_batch_size"), optional=True)
     check_positive("global_batch_size", cfg.get("global_batch_size"), optional=True)
     check_positive("data.seq_len", cfg.data.get("seq_len"))
+    check_answer_only_rows(cfg)
+
+
+def check_answer_only_rows(cfg: DictConfig) -> None:
+    """Answer-only rows (``data.answer_only_fraction`` > 0) are conditioned on their ``prompt_mask`` only by an
+    objective with ``sft=true``; any other objective would mask and score their prompts like every row, and
+    the key would do nothing."""
+    fraction = cfg.data.get("answer_only_fraction") or 0
+    if fraction > 0 and not cfg.objective.get("sft", False):
+        raise ConfigError(f"data.answer_only_fraction={fraction} needs objective.sft=true (the loss that keeps the "
+                          "prompt clean); set objective.sft=true or data.answer_only_fraction=0")
 
 
 def model_block_key(cfg: DictConfig) -> str:

@@ -47,3 +47,11 @@ def test_inconsistent_block_sizes_are_refused_naming_both_keys(tmp_path):
     cfg = compose_config("train", [*BLOCK, "objective.block_sizes=[2,8]", "+model.block_size=4", f"run_dir={tmp_path}/r"])
     with pytest.raises(ConfigError, match=r"model.block_size=4 is not one of objective.block_sizes=\[2, 8\]"):
         run(cfg)
+
+
+def test_answer_only_rows_without_an_sft_objective_are_refused():
+    """data.answer_only_fraction > 0 with objective.sft=false would train those rows like any other: refused."""
+    base = ["experiment=needle_demo", "data.answer_only_fraction=0.5"]
+    with pytest.raises(ConfigError, match=r"data.answer_only_fraction=0.5 needs objective.sft=true"):
+        check_train_config(compose_config("train", base))
+    check_train_config(compose_config("train", [*base, "objective.sft=true"]))  # the consistent pair passes
