@@ -111,24 +111,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=False, reason="SIGABRT in one torchrun rank on the 2-core CI run of 2026-12-01 after the step-save-after-validation change; under investigation")
 def test_two_nodes_train_checkpoint_resume_and_export(tmp_path, uninterrupted):
     """torchrun with --nnodes 2 on one machine (one process per node): the same run as two local
     processes, so the same history and the same exported EMA."""
     run_dir = tmp_path / "two_nodes"
 
-    def launch(*extra: str) -> None:
-        port = free_port()
-        procs = [subprocess.Popen(
-            [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
-             "--master_addr", "127.0.0.1", "--master_port", str(port), str(BIN / "dlm-train"), *COMMON,
-             "trainer.devices=1", "trainer.num_nodes=2", f"run_dir={run_dir}", *extra],
-            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-        outs = [p.communicate(timeout=600) for p in procs]
+    def launch(*extra: str, attempts: int = 1) -> None:
+        for attempt in range(attempts):
+            port = free_port()
+            procs = [subprocess.Popen(
+                [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                 "--master_addr", "127.0.0.1", "--master_port", str(port), str(BIN / "dlm-train"), *COMMON,
+                 "trainer.devices=1", "trainer.num_nodes=2", f"run_dir={run_dir}", *extra],
+                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+            outs = [p.communicate(timeout=600) for p in procs]
+            # a rendezvous that never formed (one rank aborted at "Initializing distributed", nothing trained:
+            # seen once on a loaded CI machine, the port taken between free_port() and torchrun's bind) is
+            # retried on a fresh port; a failure after training started is not
+            if all(p.returncode == 0 for p in procs) or (run_dir / "checkpoints").exists() or attempt == attempts - 1:
+                break
         for p, (_, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err[-3000:]
 
-    launch("trainer.max_steps=4")
+    launch("trainer.max_steps=4", attempts=2)
     launch("ckpt_path=last")  # resumes at step 4 and runs to STEPS
     got, want = history(run_dir), history(uninterrupted)
     assert [s for s, _ in got["val/nll"]] == [s for s, _ in want["val/nll"]]
