@@ -30,6 +30,7 @@ Every row records the command's settings, the seconds, and the provenance of the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -208,7 +209,7 @@ def bench_zero_shot(*, models: dict[str, str], hf_model: str | None = None, hf_t
                              batch_size=batch_size, seed=seed, root=root))
     hf_src = Path(hf_model) if hf_model else reference_hf_model(root / "hf_reference", Path(hf_tokenizer),
                                                                  context=128, seed=seed)
-    hf_dlm = root / "hf_converted"
+    hf_dlm = root / f"hf_converted-{_path_digest(hf_src)}"  # one conversion per source: never another's weights
     if not (hf_dlm / "model.json").is_file():
         hf_to_dlm(hf_src, hf_dlm)
     hf_record = read_record(hf_dlm)[0]
@@ -241,6 +242,11 @@ def bench_zero_shot(*, models: dict[str, str], hf_model: str | None = None, hf_t
                                  for r in rows]}
 
 
+def _path_digest(path: Path) -> str:
+    """10 hex digits naming a model by its resolved path (work files of two models never share a name)."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+
+
 def _dlm_row(name: str, path: Path, lm_cls: Any, tasks: Any, docs: list[str], wiki_jsonl: Path, *, seq_len: int,
              mc_samples: int, batch_size: int, seed: int, root: Path, add_bos_token: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -251,7 +257,7 @@ def _dlm_row(name: str, path: Path, lm_cls: Any, tasks: Any, docs: list[str], wi
     tokens = sum(s.tokens for s in scores)
     nll, stderr = sum(s.nll for s in scores) / tokens, math.sqrt(sum(s.variance for s in scores)) / tokens
     ref = _eval_ppl(path, wiki_jsonl, seq_len=seq_len, num_samples=mc_samples, seed=seed,
-                    out=root / "eval_ppl" / f"{name}.json")
+                    out=root / "eval_ppl" / f"{name}-{_path_digest(path)}.json")
     # totals over the documents: both score every text token once; dlm-eval-ppl also scores its rows' [EOS]
     # (and, for a diffusion model, [BOS]) slots, which a model trained on such rows predicts almost for free
     total, ref_total = nll * tokens, ref["nll"] * ref["tokens"]

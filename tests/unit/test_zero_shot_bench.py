@@ -99,3 +99,14 @@ def test_bench_scores_through_lm_eval_agree_with_direct_scores_and_the_hf_backen
     assert hf["max_rel_delta_per_doc"] < 1e-6 and hf["hf_parity_met"]
     assert hf["bits_per_byte"] == pytest.approx(hf["hf_backend_bits_per_byte"], rel=1e-6)
     assert rec["data"]["articles"] == 2 and rec["provenance"]["seed"] == 0
+    # another HF model in the same work_dir is converted anew, never scored from the first one's conversion
+    other = hf_model(tmp_path / "hf2")
+    torch.manual_seed(1)
+    state = transformers.LlamaForCausalLM.from_pretrained(other)
+    for p in state.parameters():
+        p.data.add_(0.5 * torch.randn_like(p))
+    state.save_pretrained(other)
+    bench_zero_shot(models={}, hf_model=str(other), wikitext=str(wiki), num_docs=2, lambada_words=10, num_lambada=3,
+                    mc_samples=2, batch_size=4, threads=1, work_dir=str(tmp_path / "work"), out=str(out))
+    [again] = json.loads(out.read_text())["rows"]
+    assert again["hf_parity_met"] and again["nll_adapter"] != hf["nll_adapter"]
