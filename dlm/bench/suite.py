@@ -6,8 +6,9 @@ memory start clean, and one failure does not stop the others), after the prerequ
 the start time (UTC), the seconds, the exit status and the benchmark's summary line in
 ``<out_dir>/results/suite.json``, and ``dlm.bench.report`` renders ``<out_dir>/README.md`` from it and
 the result files. ``quick``: each benchmark's small settings and quick prerequisites, written under
-``quick_out_dir`` so a laptop check never replaces the full tables. A benchmark whose prerequisite
-cannot be made here (``make block-recipe`` is ~80 min) is skipped with that reason.
+``quick_out_dir`` so a laptop check never replaces the full tables. A prerequisite may name its own file
+for quick mode (``quick_path``: the block benchmark's quick run makes a small block model of its own instead
+of the ~80-minute ``make block-recipe``); one with no command lines for the mode is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def _run(command: list[str], log) -> tuple[int, str]:
 def bench_all(*, benches: dict, prepare: dict, quick: bool = False, only: list[str] | None = None,
               out_dir: str = "benchmarks", quick_out_dir: str = "benchmarks/quick", render_only: bool = False) -> dict:
     """Run ``benches`` (name -> {full: [overrides], quick: [overrides], needs: [prepare names],
-    outputs: {key: file name}}) in order, making the ``prepare`` entries (name -> {path, how, full, quick}:
-    a file that must exist, how it is made, and per mode the dlm command lines that make it) they need
-    first; render the page.
+    outputs: {key: file name}}) in order, making the ``prepare`` entries (name -> {path, quick_path, how, full,
+    quick}: a file that must exist (``quick_path``, when given, in quick mode), how it is made, and per mode
+    the dlm command lines that make it) they need first; render the page.
 
     ``only``: a subset of benchmark names; ``render_only``: no runs, the page from the results on disk.
     Returns {out_dir, page, benchmarks: {name: status}}; a failed benchmark makes the command exit
@@ -76,11 +77,12 @@ def _one(name: str, spec: dict, prepare: dict, *, mode: str, results: Path, log)
     record = {"started": started, "mode": mode, "machine": machine(), "provenance": provenance(seed=None, settings={})}
     for need in spec.get("needs", []):
         req = prepare[need]
-        if Path(req["path"]).exists():
+        path = req.get("quick_path") or req["path"] if mode == "quick" else req["path"]
+        if Path(path).exists():
             continue
         steps = req.get(mode) or []
         if not steps:
-            return {**record, "status": f"skipped: needs {req['path']} ({req.get('how', 'not made by the suite')})",
+            return {**record, "status": f"skipped: needs {path} ({req.get('how', 'not made by the suite')})",
                     "seconds": time.perf_counter() - t0, "command": None}
         for step in steps:
             status, _ = _run([sys.executable, "-m", "dlm", *step], log)

@@ -30,6 +30,28 @@ def test_suite_runs_records_skips_and_renders(tmp_path):
     assert "## `block`" in page and "No result (skipped: needs" in page
 
 
+def test_quick_mode_checks_and_makes_the_quick_prerequisite(tmp_path, monkeypatch):
+    import dlm.bench.suite as suite
+
+    made: list[list[str]] = []
+
+    def fake_run(command, log):  # records the dlm command lines instead of running them
+        made.append(command[3:])
+        return 0, '{"ok": 1}'
+
+    monkeypatch.setattr(suite, "_run", fake_run)
+    (tmp_path / "full.json").write_text("{}")  # the full recipe's model exists: quick mode must not use it
+    prepare = {"recipe": {"path": str(tmp_path / "full.json"), "quick_path": str(tmp_path / "quick.json"),
+                          "quick": [["train", "a=1"], ["convert", "b=2"]], "full": []}}
+    benches = {"block": {"needs": ["recipe"], "quick": ["x=1"], "full": [], "outputs": {"out": "block.json"}}}
+    summary = bench_all(benches=benches, prepare=prepare, quick=True, quick_out_dir=str(tmp_path / "q"))
+    assert summary["benchmarks"] == {"block": "ok"}
+    assert made == [["train", "a=1"], ["convert", "b=2"], ["bench", "block", "x=1", f"out={tmp_path / 'q/results/block.json'}"]]
+    made.clear()
+    bench_all(benches=benches, prepare=prepare, quick=False, out_dir=str(tmp_path / "f"))
+    assert made == [["bench", "block", f"out={tmp_path / 'f/results/block.json'}"]]  # full mode: its own file exists
+
+
 def test_unknown_benchmark_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"only=\['nope'\] are not benchmarks; valid: train"):
         bench_all(benches={"train": {}}, prepare={}, only=["nope"], out_dir=str(tmp_path))
