@@ -307,7 +307,7 @@ def reward_from(value: str | None, key: str, conf_dir: Path = Path(CONF_DIR)) ->
     return instantiate(spec), None
 
 
-@command("design", CONF_DIR + "/eval")
+@command("design", CONF_DIR + "/design")
 def design(cfg: DictConfig) -> None:
     """dlm-design model=<dir> reward=<dir|name> method=<base|drakes|svdd|smc|cg|best_of_n> num_samples=<n> out=designs.csv"""
     from hydra.utils import instantiate

@@ -1,7 +1,7 @@
 """A sequence-design job (what ``dlm-design`` runs): draw designs with one method, score them with an
 evaluation oracle, write them (CSV or FASTA) and summarise (``dlm.eval.design``, ``dlm.eval.design_space``).
 
-Methods (``conf/eval/method/``) differ only in the sampler and the model directory:
+Methods (``conf/design/method/``) differ only in the sampler and the model directory:
   base       the pretrained model, ancestral sampler
   drakes     a DRAKES-fine-tuned model directory (its model.json has a ``drakes`` record), sampled with the same
              ancestral sampler: DRAKES changes the weights, not the sampler

@@ -1,7 +1,7 @@
 """The data DNA designs are compared with (``dlm-design reference.path=<FASTA | table>``): which sequences, and
 how they are ranked to find the "top" ones of ``dlm.eval.design_dna_metrics``.
 
-``load_reference`` (the ``reference`` node of ``conf/eval/design.yaml``) checks every input when the config is
+``load_reference`` (the ``reference`` node of ``conf/design/design.yaml``) checks every input when the config is
 built and returns a ``DesignReference`` (None without a path); ``DesignReference.rows(length)`` reads the data
 for the designed length, before any design is drawn. The file's extension decides what it is:
 
