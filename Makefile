@@ -70,9 +70,9 @@ design-demo: install
 design-demo-dna: install
 	$(BIN)/dlm-bench design gb1=false dna=true dna_settings.motif_file=../shared/data/dna/JASPAR2022_CORE_non-redundant_pfms.meme
 
-# Long context: the needle model (experiment=needle_demo, trained into runs/bench_long/needle unless there),
-# needle grids and the perplexity bound at 1x/2x/4x its training length, without and with NTK RoPE scaling.
-# ~20 min on 2 CPU cores, training included; table and plots in benchmarks/results/long_context*
+# Long context: the needle model (experiment=needle_demo) and its AR control (same recipe, causal), trained into
+# runs/bench_long unless there; needle grids and perplexity at 1x/2x/4x/8x their training length, without and
+# with NTK RoPE scaling. ~9 min on 2 idle cores, training included; table and plots in benchmarks/results/long_context*
 long-context: install
 	$(BIN)/dlm-bench long
 
