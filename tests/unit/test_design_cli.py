@@ -52,7 +52,7 @@ def models(tmp_path_factory):
 
 def run_design(overrides: list[str], capsys) -> dict:
     """The dlm-design task in-process (the composed config, as the console script builds it)."""
-    with initialize_config_dir(config_dir=CONF_DIR + "/eval", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR + "/design", version_base="1.3"):
         cfg = compose("design", overrides=["device=cpu", "num_steps=4", "log_lik_samples=2", *overrides])
     design_main.__wrapped__(cfg)
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
