@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import json
 
-import torch
+from model_dirs import export_char_model
 
 from dlm.bench.dkv_speed import bench_dkv
-from dlm.data.tokenizers.char import CharTokenizer
-from dlm.io.model_dir import save_model_dir
 from dlm.io.record import Family
-from dlm.io.spec import build
 
 
 def export(path, family: Family):
-    tok = CharTokenizer()
-    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16,
-            "attention": family.attention, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
-    torch.manual_seed(0)
-    schedule = None if family is Family.AR else {"_target_": "dlm.diffusion.schedule.LogLinearSchedule"}
-    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, family=family, seq_len=16,
-                          schedule_spec=schedule)
+    return export_char_model(path, family, width=16)
 
 
 def test_refresh_one_agrees_exactly_and_a_changed_decode_is_measured(tmp_path):

@@ -16,11 +16,10 @@ import torch
 pytest.importorskip("lm_eval")
 transformers = pytest.importorskip("transformers")
 
+from model_dirs import export_char_model  # noqa: E402
+
 from dlm.bench.zero_shot import bench_zero_shot, lambada_standin, wikitext_articles  # noqa: E402
-from dlm.data.tokenizers.char import CharTokenizer  # noqa: E402
-from dlm.io.model_dir import save_model_dir  # noqa: E402
 from dlm.io.record import Family  # noqa: E402
-from dlm.io.spec import build  # noqa: E402
 
 WIKI = "\n".join([  # the wiki.*.tokens layout: ' = Title = ' headings, ' @-@ ', spaced punctuation
     ' ',
@@ -39,14 +38,8 @@ WIKI = "\n".join([  # the wiki.*.tokens layout: ' = Title = ' headings, ' @-@ ',
 ])
 
 
-def export(path: Path, family: Family) -> Path:
-    tok = CharTokenizer()
-    spec = {"_target_": "dlm.models.transformer.Transformer", "dim": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32,
-            "attention": family.attention, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id}
-    torch.manual_seed(0)
-    schedule = None if family is Family.AR else {"_target_": "dlm.diffusion.schedule.LogLinearSchedule"}
-    return save_model_dir(path, model=build(spec), model_spec=spec, tokenizer=tok, family=family, seq_len=32,
-                          schedule_spec=schedule)
+def export(path, family: Family):
+    return export_char_model(path, family, width=32)
 
 
 def hf_model(root: Path) -> Path:
