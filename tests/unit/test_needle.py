@@ -238,3 +238,20 @@ def test_needle_module_refuses_a_bad_answer_only_fraction_at_build_time():
 
     with pytest.raises(ConfigError, match="answer_only_fraction=-0.1"):
         NeedleDataModule(tokenizer=TOK, seq_len=64, num_pairs=3, answer_only_fraction=-0.1)
+
+
+def test_bench_long_refuses_models_of_different_training_lengths_and_bad_entries(tmp_path, monkeypatch):
+    import dlm.bench.long_context as long_context
+    from dlm.io.record import Family
+    from model_dirs import export_char_model
+
+    dirs = {"a": export_char_model(tmp_path / "a", Family.MASKED, width=16),
+            "b": export_char_model(tmp_path / "b", Family.AR, width=32)}
+    monkeypatch.setattr(long_context, "train_timed",  # stands in for dlm-train: the run dir names the model
+                        lambda args, run_dir, **kw: (dirs[run_dir.name], {"trained_now": False}))
+    models = {"diffusion": {"run": "a", "train": []}, "ar": {"run": "b", "train": []}}
+    with pytest.raises(ConfigError, match="models must share one training length"):
+        long_context.bench_long(models=models, work_dir=str(tmp_path / "w"), out=str(tmp_path / "o.json"))
+    with pytest.raises(ConfigError, match="models.ar must hold exactly the keys run and train"):
+        long_context.bench_long(models={"ar": {"run": "b"}}, work_dir=str(tmp_path / "w"))
+    assert not (tmp_path / "o.json").exists()
