@@ -241,9 +241,10 @@ def test_needle_module_refuses_a_bad_answer_only_fraction_at_build_time():
 
 
 def test_bench_long_refuses_models_of_different_training_lengths_and_bad_entries(tmp_path, monkeypatch):
+    from model_dirs import export_char_model
+
     import dlm.bench.long_context as long_context
     from dlm.io.record import Family
-    from model_dirs import export_char_model
 
     dirs = {"a": export_char_model(tmp_path / "a", Family.MASKED, width=16),
             "b": export_char_model(tmp_path / "b", Family.AR, width=32)}
