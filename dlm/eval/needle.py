@@ -15,6 +15,10 @@ How the model answers is fixed by its attention (its declared contract, nothing 
   after the answer stays visible, as in training rows).
 - ``causal`` (AR): greedy continuation of the row up to the answer (``AutoregressiveSampler`` with
   ``top_k=1``), value_len new tokens.
+- ``block_causal`` (block diffusion): the same masked canvas, infilled by the block sampler
+  (``BlockSampler(num_steps=value_len, order=max_prob, temperature=0)``): the answer's block is
+  denoised given the clean earlier blocks and its own visible tokens (the EOS), one position per call;
+  without the KV cache, as the answer sits in the last block and a prefix cache would save nothing.
 Both are deterministic, so the grid depends on the documents' seed only.
 """
 
@@ -29,6 +33,7 @@ from dlm.data.needle import NeedleDoc, NeedleTask, document_seed, needle_documen
 from dlm.errors import ConfigError
 from dlm.eval.lengths import check_lengths
 from dlm.samplers.autoregressive import AutoregressiveSampler
+from dlm.samplers.block import BlockSampler
 from dlm.samplers.canvas import model_device
 from dlm.samplers.confidence import ConfidenceSampler
 from dlm.types import Attention, Denoiser
@@ -54,14 +59,26 @@ def continue_greedily(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
     return out.tokens[:, answer]
 
 
-RETRIEVERS: dict[Attention, Retriever] = {"bidirectional": fill_masked_answer, "causal": continue_greedily}
+def fill_masked_block(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
+    """Block diffusion: infill ``rows[:, answer]`` (B, n) with the block sampler, greedy, one position per
+    call, most confident first; the rest of each row (B, L) is given. Returns the answer tokens (B, n)."""
+    canvas = rows.clone()
+    canvas[:, answer] = model.mask_id
+    sampler = BlockSampler(num_steps=answer.stop - answer.start, order="max_prob", temperature=0.0,
+                           use_cache=False, stop_at_eos=False)
+    out = sampler(model, batch_size=rows.shape[0], length=rows.shape[1], prompt=canvas)
+    return out.tokens[:, answer]
+
+
+RETRIEVERS: dict[Attention, Retriever] = {"bidirectional": fill_masked_answer, "causal": continue_greedily,
+                                          "block_causal": fill_masked_block}
 
 
 def retriever_for(model: Denoiser) -> Retriever:
-    """How ``model`` answers, from its declared attention; a block-diffusion model is refused."""
+    """How ``model`` answers, from its declared attention (module docstring)."""
     if model.attention not in RETRIEVERS:
-        raise ConfigError(f"needle retrieval decodes masked-diffusion (bidirectional) and AR (causal) models; "
-                          f"this model has attention={model.attention!r}: evaluate a model of those kinds")
+        raise ConfigError(f"needle retrieval decodes masked-diffusion (bidirectional), block-diffusion "
+                          f"(block_causal) and AR (causal) models; this model has attention={model.attention!r}")
     return RETRIEVERS[model.attention]
 
 

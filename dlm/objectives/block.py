@@ -176,6 +176,11 @@ class BlockDiffusionLoss:
         shift_logits: predict token i from output i - 1 (Dream / Fast-dLLM v2).
         keep_first_token: never mask a document's first token, leave it out of the loss.
         sft: the batch carries ``prompt_mask``; prompt tokens are never masked nor counted.
+        answer_t_min: with ``sft``, the lower end of t for rows that hold a prompt (answer rows; rows
+            without one keep [t_min, t_max]). 1.0 masks every answer token together (t = 1, w = 1):
+            the answer is learnt as one-pass infilling from the clean prompt, the form a retrieval
+            query is decoded in, and a shortcut through a visible sibling answer token never arises.
+            None: t_min. Like any clipped interval it makes the loss a training loss, not a bound.
     """
 
     family = Family.BLOCK  # what it trains (a block_causal model): read by the runner, written to model.json
@@ -195,6 +200,7 @@ class BlockDiffusionLoss:
         sft: bool = False,
         resample: bool = False,
         resample_tries: int = 16,
+        answer_t_min: float | None = None,
     ) -> None:
         if int(block_size) < 1:
             raise ConfigError(f"objective.block_size={block_size} must be >= 1")
@@ -206,6 +212,10 @@ class BlockDiffusionLoss:
             raise ConfigError(f"objective.t_sampling={t_sampling!r}; valid: 'antithetic', 'uniform'")
         if not 0.0 <= t_min < t_max <= 1.0:
             raise ConfigError(f"objective.t_min={t_min}, objective.t_max={t_max}: need 0 <= t_min < t_max <= 1")
+        if answer_t_min is not None and not (sft and t_min <= answer_t_min <= t_max):
+            raise ConfigError(f"objective.answer_t_min={answer_t_min} needs objective.sft=true and t_min={t_min} <= "
+                              f"answer_t_min <= t_max={t_max} (the interval of t for answer rows)")
+        self.answer_t_min = None if answer_t_min is None else float(answer_t_min)
         self.block_size = int(block_size)
         self.block_sizes = None if block_sizes is None else [int(s) for s in block_sizes]
         self.schedule = schedule or LogLinearSchedule()
@@ -245,8 +255,10 @@ class BlockDiffusionLoss:
         return block_targets(batch, doc_ids, keep_first_token=self.keep_first_token, shift_logits=self.shift_logits,
                              sft=self.sft)
 
-    def sample_times(self, seg: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, L) per-token t in [t_min, t_max]: one draw per block segment or per row."""
+    def sample_times(self, seg: Tensor, generator: torch.Generator | None = None,
+                     answer_rows: Tensor | None = None) -> Tensor:
+        """(B, L) per-token t in [t_min, t_max]: one draw per block segment or per row; rows flagged in
+        ``answer_rows`` (B,) bool draw from [answer_t_min, t_max] instead (when it is set)."""
         b, n = seg.shape
         if self.t_granularity == "sequence":
             u = sample_unit(b, sampling=self.t_sampling, device=seg.device, generator=generator)
@@ -255,7 +267,11 @@ class BlockDiffusionLoss:
             s = int(seg.max().item()) + 1  # segments per row (fewer in rows with fewer blocks)
             u = sample_unit(b * s, sampling=self.t_sampling, device=seg.device, generator=generator)
             u = u.view(b, s).gather(1, seg)
-        return self.t_min + (self.t_max - self.t_min) * u
+        t = self.t_min + (self.t_max - self.t_min) * u
+        if self.answer_t_min is None or answer_rows is None:
+            return t
+        answer_t = self.answer_t_min + (self.t_max - self.answer_t_min) * u
+        return torch.where(answer_rows[:, None], answer_t, t)
 
     def token_losses(
         self, model: Denoiser, batch: dict[str, Tensor], generator: torch.Generator | None = None
@@ -266,7 +282,8 @@ class BlockDiffusionLoss:
                                                      block_sizes=self.block_sizes, generator=generator)
         eligible = self.targets(batch, doc_ids)
         seg = segment_ids(block_ids, doc_ids)
-        t = self.sample_times(seg, generator)
+        answer_rows = batch["prompt_mask"].bool().any(-1) if self.sft else None
+        t = self.sample_times(seg, generator, answer_rows)
         mask_prob = 1.0 - self.schedule.alpha(t)
         xt, masked = mask_tokens(x0, mask_prob, model.mask_id, eligible=eligible, generator=generator)
         if self.resample and (self.t_min > 1e-3 or self.t_max < 1.0):

@@ -205,6 +205,34 @@ def test_sft_prompt_is_never_masked_nor_counted():
         hi(model, {"input_ids": x0})
 
 
+def test_answer_t_min_masks_every_answer_token_of_answer_rows_and_leaves_ordinary_rows_alone():
+    """answer_t_min=1: rows with a prompt have every answer token masked (t = 1, weight 1) at every draw;
+    rows without one keep their [t_min, t_max] draws, bit for bit those of the objective without it."""
+    x0 = tokens(b=8, n=16)
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:4, :10] = True  # rows 0-3 answer positions 10-15; rows 4-7 are ordinary rows
+    batch = {"input_ids": x0, "prompt_mask": prompt}
+    model = Uniform(V - 1, V, MASK)
+    full = BlockDiffusionLoss(sft=True, t_granularity="sequence", answer_t_min=1.0)
+    plain = BlockDiffusionLoss(sft=True, t_granularity="sequence")
+    partial = 0
+    for seed in range(8):
+        full(model, batch, torch.Generator().manual_seed(seed))
+        xt = model.calls[-1][:, :16]
+        assert (xt[:4, 10:] == MASK).all() and torch.equal(xt[:4, :10], x0[:4, :10])
+        plain(model, batch, torch.Generator().manual_seed(seed))
+        ref = model.calls[-1][:, :16]
+        assert torch.equal(xt[4:], ref[4:])
+        partial += int(((ref[:4, 10:] == MASK).sum(-1) < 6).sum())  # the control: plain sft leaves some visible
+    assert partial > 0
+    out = full(model, {"input_ids": x0[:4], "prompt_mask": prompt[:4]}, torch.Generator().manual_seed(0))
+    assert out.loss.item() == pytest.approx(math.log(V - 1), rel=1e-5)  # t = 1: weight 1, every answer token
+    with pytest.raises(ConfigError, match="answer_t_min=1.0 needs objective.sft=true"):
+        BlockDiffusionLoss(answer_t_min=1.0)
+    with pytest.raises(ConfigError, match="answer_t_min=0.2 needs"):
+        BlockDiffusionLoss(sft=True, t_min=0.5, answer_t_min=0.2)
+
+
 def test_per_block_t_gives_each_block_its_own_mask_rate():
     seg = segment_ids(block_ids_fixed(64, 8).expand(256, 64), torch.zeros(256, 64, dtype=torch.long))
     g = torch.Generator().manual_seed(0)

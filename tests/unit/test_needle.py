@@ -100,11 +100,13 @@ def test_data_needle_module_builds_from_its_config(tmp_path):
 class NeedleReader(MockDenoiser):
     """A perfect reader: at every masked position of the answer it puts all mass on the digit that
     ``read_answer`` finds in the visible row (``corrupt``: that digit + 1 mod 10, a negative control).
-    ``attention="causal"``: the same answer given only the prefix (next-token logits)."""
+    ``attention="causal"``: the same answer given only the prefix (next-token logits); ``"block_causal"``:
+    blocks of 4, the masked answer read from the prefix up to its block's end (what the block sampler shows)."""
 
     def __init__(self, *, corrupt: bool = False, attention: str = "bidirectional", value_len: int = 3) -> None:
         super().__init__()
         self.vocab_size, self.mask_id, self.attention = TOK.vocab_size, TOK.mask_id, attention
+        self.block_size = 4 if attention == "block_causal" else None
         self.corrupt, self.value_len = corrupt, value_len
         self.dummy = nn.Parameter(torch.zeros(()))
 
@@ -127,7 +129,7 @@ class NeedleReader(MockDenoiser):
         return logits
 
 
-@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal", "block_causal"])
 def test_an_oracle_reader_scores_one_and_a_corrupting_reader_zero(attention):
     kw = dict(lengths=[48, 96], depths=[0.0, 0.5, 1.0], num_docs=6, num_pairs=3, batch_size=4)
     grid = needle_grid(NeedleReader(attention=attention), TOK, **kw)

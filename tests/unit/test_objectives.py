@@ -9,6 +9,7 @@ from mocks import OracleDenoiser, RandomDenoiser, UniformDenoiser
 
 from dlm.diffusion.posterior import masked_token_nll, subs_log_probs
 from dlm.diffusion.schedule import CosineSchedule, LogLinearSchedule
+from dlm.errors import ConfigError
 from dlm.objectives.ar import AutoregressiveLoss
 from dlm.objectives.masked import MaskedDiffusionLoss, target_positions
 
@@ -150,3 +151,32 @@ def test_autoregressive_loss_matches_hand_computed_nll():
             count += 1
     assert out.loss.item() == pytest.approx(total / count, rel=1e-6)
     assert out.num_tokens.item() == count
+
+
+def test_autoregressive_sft_scores_only_the_tokens_outside_the_prompt():
+    """sft: the mean next-token NLL over the non-prompt tokens alone; an all-False prompt_mask row is an
+    ordinary row; sft=false ignores prompt_mask (negative control: the two differ on a prompted row)."""
+    from mocks import BigramAR
+
+    data = batch(b=3, length=7)
+    model = BigramAR(V, MASK)
+    prompt = torch.zeros(3, 7, dtype=torch.bool)
+    prompt[0, :5] = True  # row 0 answers positions 5, 6; rows 1, 2 are ordinary rows
+    prompt[2, :] = False
+    plain = AutoregressiveLoss()(model, data)
+    sft = AutoregressiveLoss(sft=True)(model, {**data, "prompt_mask": prompt})
+    per_token = []
+    x = data["input_ids"]
+    for b in range(3):
+        for i in range(6):
+            if prompt[b, i + 1]:
+                continue
+            logits = model.table[x[b, i]].detach().clone()
+            logits[MASK] = float("-inf")
+            per_token.append(-torch.log_softmax(logits, -1)[x[b, i + 1]].item())
+    assert sft.num_tokens.item() == len(per_token) == 2 + 6 + 6
+    assert sft.loss.item() == pytest.approx(sum(per_token) / len(per_token), rel=1e-6)
+    assert AutoregressiveLoss()(model, {**data, "prompt_mask": prompt}).loss.item() == plain.loss.item()
+    assert plain.num_tokens.item() == 18 and sft.loss.item() != pytest.approx(plain.loss.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="prompt_mask"):
+        AutoregressiveLoss(sft=True)(model, data)
