@@ -1,12 +1,13 @@
-"""``dlm-bench long``: long-context evaluation of a masked diffusion model trained at L, with and without NTK,
+"""``dlm-bench long``: long-context evaluation of a diffusion model trained at L, with and without NTK,
 beside an AR model of the same size trained on the same data (the control).
 
 One run (``make long-context``):
 
 1. **Training** (or reuse), one subprocess per entry of ``models`` (name -> ``dlm-train`` overrides and run
-   directory): the needle model, ``dlm-train experiment=needle_demo`` into ``work_dir/needle``, rows of
-   L = ``data.seq_len`` tokens, and the AR control, the same recipe with ``objective=ar
-   model.attention=causal`` (same backbone, size, data, steps and seed) into ``work_dir/needle_ar``;
+   directory): the needle model, ``dlm-train experiment=needle_demo`` (a block-diffusion model, blocks of
+   4) into ``work_dir/needle``, rows of L = ``data.seq_len`` tokens, and the AR control, the same recipe
+   with ``objective=ar objective.sft=true model.attention=causal`` (same backbone, size, data with the
+   same answer-only rows, steps and seed) into ``work_dir/needle_ar``;
    wall-clock and CPU seconds recorded per model (target: retrieval >= 0.9 at L within 20 minutes on 2
    CPU cores). Every model must share one training length (the lengths are multiples of it).
 2. **Needle grids** (``dlm.eval.needle_job``): depth x length exact-match accuracy at lengths
@@ -21,8 +22,8 @@ One run (``make long-context``):
    joined by a blank line (``ppl_documents``), in ``work_dir/ppl_docs.jsonl``, truncated to every length
    (``mode=pad``): the row of kL tokens is ``[BOS]`` + k whole training-style documents + ``[EOS]``,
    so 1x is exactly a training row and longer rows only add documents (needle documents *generated*
-   longer would hold mostly filler: a shift of content, not only of length). NELBO bound per arm for the
-   diffusion model, the exact NLL for the AR control (both through ``dlm-eval-ppl``'s code).
+   longer would hold mostly filler: a shift of content, not only of length). The block NELBO bound per arm
+   for the diffusion model, the exact NLL for the AR control (both through ``dlm-eval-ppl``'s code).
 
 Steps 2 and 3 run for every model. LongLLaDA's claims, checked here at toy scale: past its training
 length the diffusion model's perplexity stays nearly flat where the AR model's explodes; without NTK a
@@ -127,7 +128,8 @@ def plot_ppl(result: dict, path: Path) -> None:
 
 
 MODELS = {"diffusion": {"run": "needle", "train": ["experiment=needle_demo"]},
-          "ar": {"run": "needle_ar", "train": ["experiment=needle_demo", "objective=ar", "model.attention=causal",
+          "ar": {"run": "needle_ar", "train": ["experiment=needle_demo", "objective=ar", "objective.sft=true",
+                                               "model.attention=causal",
                                                "name=needle_demo_ar"]}}
 
 
@@ -192,6 +194,12 @@ def bench_long(*, work_dir: str = "runs/bench_long", train: list[str] | None = N
                            seed=seed, task=task)
     result: dict[str, Any] = {"train_len": train_len, "lengths": lengths, "task": task, "models": {}}
     for name, (model_dir, training) in trained.items():
+        if training["trained_now"]:  # results of the model this one replaced: not another result to protect
+            for arm in ropes:
+                stale = [f"needle_{name}_{arm}.json", f"ppl_{name}_{arm}.json",
+                         *(f"ppl_{name}_{arm}-len{n}.json" for n in lengths)]
+                for file in stale:
+                    (work / file).unlink(missing_ok=True)
         arms: dict[str, dict] = {}
         for arm in ropes:
             overrides = arm_overrides(arm, longest)

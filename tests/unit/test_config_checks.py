@@ -51,7 +51,7 @@ def test_inconsistent_block_sizes_are_refused_naming_both_keys(tmp_path):
 
 def test_answer_only_rows_without_an_sft_objective_are_refused():
     """data.answer_only_fraction > 0 with objective.sft=false would train those rows like any other: refused."""
-    base = ["experiment=needle_demo", "data.answer_only_fraction=0.5"]
+    base = ["experiment=needle_demo", "objective=block", "data.answer_only_fraction=0.5"]
     with pytest.raises(ConfigError, match=r"data.answer_only_fraction=0.5 needs objective.sft=true"):
         check_train_config(compose_config("train", base))
     check_train_config(compose_config("train", [*base, "objective.sft=true"]))  # the consistent pair passes
