@@ -41,32 +41,33 @@ from dlm.types import Attention, Denoiser
 Retriever = Callable[[Denoiser, Tensor, slice], Tensor]  # (model, rows (B, L), answer span) -> answers (B, n)
 
 
-def fill_masked_answer(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
-    """Masked diffusion: unmask ``rows[:, answer]`` (B, n) given the rest of each row (B, L); greedy, one
-    position per call, most confident first. Returns the filled answer tokens (B, n)."""
+def infill_answer(sampler, model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
+    """``rows[:, answer]`` (B, n) masked and filled by ``sampler`` given the rest of each row (B, L)."""
     canvas = rows.clone()
     canvas[:, answer] = model.mask_id
-    n = answer.stop - answer.start
-    sampler = ConfidenceSampler(num_steps=n, order="max_prob", temperature=0.0)
     out = sampler(model, batch_size=rows.shape[0], length=rows.shape[1], prompt=canvas)
     return out.tokens[:, answer]
+
+
+def fill_masked_answer(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
+    """Masked diffusion: unmask the answer (B, n) on the whole canvas; greedy, one position per call, most
+    confident first."""
+    sampler = ConfidenceSampler(num_steps=answer.stop - answer.start, order="max_prob", temperature=0.0)
+    return infill_answer(sampler, model, rows, answer)
+
+
+def fill_masked_block(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
+    """Block diffusion: infill the answer (B, n) with the block sampler (its block denoised given the clean
+    earlier blocks and its own given tokens); greedy, one position per call, most confident first."""
+    sampler = BlockSampler(num_steps=answer.stop - answer.start, order="max_prob", temperature=0.0,
+                           use_cache=False, stop_at_eos=False)
+    return infill_answer(sampler, model, rows, answer)
 
 
 def continue_greedily(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
     """AR: greedy continuation of ``rows[:, :answer.start]`` for the answer's n tokens -> (B, n)."""
     sampler = AutoregressiveSampler(temperature=1.0, top_k=1)  # top_k=1: the argmax token, no randomness
     out = sampler(model, batch_size=rows.shape[0], length=answer.stop, prompt=rows[:, : answer.start])
-    return out.tokens[:, answer]
-
-
-def fill_masked_block(model: Denoiser, rows: Tensor, answer: slice) -> Tensor:
-    """Block diffusion: infill ``rows[:, answer]`` (B, n) with the block sampler, greedy, one position per
-    call, most confident first; the rest of each row (B, L) is given. Returns the answer tokens (B, n)."""
-    canvas = rows.clone()
-    canvas[:, answer] = model.mask_id
-    sampler = BlockSampler(num_steps=answer.stop - answer.start, order="max_prob", temperature=0.0,
-                           use_cache=False, stop_at_eos=False)
-    out = sampler(model, batch_size=rows.shape[0], length=rows.shape[1], prompt=canvas)
     return out.tokens[:, answer]
 
 
