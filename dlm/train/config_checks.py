@@ -62,11 +62,15 @@ def check_train_config(cfg: DictConfig) -> None:
 def check_answer_only_rows(cfg: DictConfig) -> None:
     """Answer-only rows (``data.answer_only_fraction`` > 0) are conditioned on their ``prompt_mask`` only by an
     objective with ``sft=true``; any other objective would mask and score their prompts like every row, and
-    the key would do nothing."""
+    the key would do nothing. Conversely ``sft=true`` needs rows that carry ``prompt_mask`` (only data=needle
+    with answer-only rows makes them), else the first step fails after the run has started."""
     fraction = cfg.data.get("answer_only_fraction") or 0
     if fraction > 0 and not cfg.objective.get("sft", False):
         raise ConfigError(f"data.answer_only_fraction={fraction} needs objective.sft=true (the loss that keeps the "
                           "prompt clean); set objective.sft=true or data.answer_only_fraction=0")
+    if cfg.objective.get("sft", False) and fraction <= 0:
+        raise ConfigError("objective.sft=true needs rows that carry prompt_mask (data=needle with "
+                          "data.answer_only_fraction > 0); set objective.sft=false or give answer-only rows")
 
 
 def model_block_key(cfg: DictConfig) -> str:

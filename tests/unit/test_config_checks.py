@@ -55,3 +55,13 @@ def test_answer_only_rows_without_an_sft_objective_are_refused():
     with pytest.raises(ConfigError, match=r"data.answer_only_fraction=0.5 needs objective.sft=true"):
         check_train_config(compose_config("train", base))
     check_train_config(compose_config("train", [*base, "objective.sft=true"]))  # the consistent pair passes
+
+
+def test_an_sft_objective_without_answer_only_rows_is_refused_before_training():
+    """objective.sft=true on rows without prompt_mask failed only at the first step, after the run started."""
+    with pytest.raises(ConfigError, match=r"objective.sft=true needs rows that carry prompt_mask"):
+        check_train_config(compose_config("train", ["experiment=needle_demo", "data.answer_only_fraction=0"]))
+    with pytest.raises(ConfigError, match=r"objective.sft=true needs rows"):
+        check_train_config(compose_config("train", ["experiment=needle_demo", "objective=ar", "objective.sft=true",
+                                                    "model.attention=causal", "data.answer_only_fraction=0"]))
+    check_train_config(compose_config("train", ["experiment=needle_demo"]))  # the recipe itself passes
