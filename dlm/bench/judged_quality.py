@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from dlm.eval.diversity import mean_entropy
-from dlm.eval.gen_ppl import Judge, generative_perplexity_of_ids
+from dlm.eval.gen_ppl import Judge, generative_perplexity_of_ids, scored_sequences
 
 
 def judge_corpus(path: Path) -> Path:
@@ -77,11 +77,17 @@ class SampleNLL:
 
 
 def sample_nlls(texts: list[str], judge: Judge) -> SampleNLL:
-    """Score each text alone under ``judge`` (a per-text bar would flood the console: none)."""
+    """Score each text alone under ``judge`` (a per-text bar would flood the console: none).
+
+    A sample with no token to score (empty after the sampler stopped at an EOS, say) counts 0 NLL over 0
+    tokens: the pooled ratio estimator weighs samples by their tokens, so it drops out of the mean without
+    stopping the run."""
     ids = [judge.encode(t) for t in texts]
-    per = [generative_perplexity_of_ids([s], judge, progress=False) for s in ids]
-    nll = torch.tensor([p["nll"] * p["tokens"] for p in per], dtype=torch.float64)
-    tok = torch.tensor([p["tokens"] for p in per], dtype=torch.float64)
+    nll, tok = torch.zeros(len(ids), dtype=torch.float64), torch.zeros(len(ids), dtype=torch.float64)
+    for i, s in enumerate(ids):
+        if any(sum(weights) > 0 for _, weights in scored_sequences([s], judge)):
+            p = generative_perplexity_of_ids([s], judge, progress=False)
+            nll[i], tok[i] = p["nll"] * p["tokens"], p["tokens"]
     return SampleNLL(nll=nll, tokens=tok, ids=ids)
 
 

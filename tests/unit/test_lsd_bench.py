@@ -163,3 +163,18 @@ def test_dlm_sample_info_prints_the_schedule_and_does_not_sample(schedule_dir, t
     refused = run_sample("sampler=ancestral", "info=true", cwd=tmp_path)
     assert refused.returncode == 2 and "sampler.schedule.path" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_empty_sample_drops_out_of_the_pooled_score_instead_of_stopping_the_run(dirs):
+    # a sampler that stops at an early EOS leaves an empty text; scoring it alone used to raise "no token to
+    # score" and end the whole benchmark
+    from dlm.bench.judged_quality import gen_ppl_with_se, sample_nlls
+    from dlm.eval.gen_ppl import load_judge
+
+    judge = load_judge(str(dirs["judge"]), device="cpu")
+    texts = ["def f(x):", "return x"]
+    alone = sample_nlls(texts, judge)
+    with_empty = sample_nlls([texts[0], "", texts[1]], judge)
+    assert with_empty.tokens.tolist() == [alone.tokens[0], 0.0, alone.tokens[1]] and with_empty.nll[1] == 0.0
+    assert with_empty.mean() == pytest.approx(alone.mean(), rel=1e-12)  # pooled over tokens: unchanged
+    assert math.isfinite(gen_ppl_with_se([texts[0], "", texts[1]], judge)["gen_ppl"])
