@@ -39,6 +39,7 @@ from dlm.objectives.masked import target_positions
 from dlm.types import Denoiser, LossOutput, NoiseSchedule
 
 TimeGranularity = Literal["sequence", "block"]
+Reduction = Literal["token", "row"]
 
 
 def block_layout(
@@ -181,6 +182,12 @@ class BlockDiffusionLoss:
             the answer is learnt as one-pass infilling from the clean prompt, the form a retrieval
             query is decoded in, and a shortcut through a visible sibling answer token never arises.
             None: t_min. Like any clipped interval it makes the loss a training loss, not a bound.
+        reduction: ``token`` (default): the batch's summed loss over its number of target tokens, so a
+            row weighs by its target tokens; ``row``: the mean over rows of each row's loss per target
+            token, so every row weighs the same. With ``sft`` and answer-only rows mixed with ordinary
+            ones, ``token`` lets a few ordinary rows (every token a target) outweigh many short answers;
+            ``row`` gives each kind the share of rows it has in the data. ``nll_sum`` / ``num_tokens``
+            (the logged bound) do not change.
     """
 
     family = Family.BLOCK  # what it trains (a block_causal model): read by the runner, written to model.json
@@ -201,6 +208,7 @@ class BlockDiffusionLoss:
         resample: bool = False,
         resample_tries: int = 16,
         answer_t_min: float | None = None,
+        reduction: Reduction = "token",
     ) -> None:
         if int(block_size) < 1:
             raise ConfigError(f"objective.block_size={block_size} must be >= 1")
@@ -215,7 +223,11 @@ class BlockDiffusionLoss:
         if answer_t_min is not None and not (sft and t_min <= answer_t_min <= t_max):
             raise ConfigError(f"objective.answer_t_min={answer_t_min} needs objective.sft=true and t_min={t_min} <= "
                               f"answer_t_min <= t_max={t_max} (the interval of t for answer rows)")
+        if reduction not in ("token", "row"):
+            raise ConfigError(f"objective.reduction={reduction!r}; valid: 'token' (per target token), 'row' (every "
+                              "row weighs the same)")
         self.answer_t_min = None if answer_t_min is None else float(answer_t_min)
+        self.reduction = reduction
         self.block_size = int(block_size)
         self.block_sizes = None if block_sizes is None else [int(s) for s in block_sizes]
         self.schedule = schedule or LogLinearSchedule()
@@ -319,8 +331,14 @@ class BlockDiffusionLoss:
         _, token_loss, masked, eligible, _ = self.token_losses(model, batch, generator)
         per_seq = token_loss.sum(-1)
         num_tokens = eligible.sum()
+        if self.reduction == "row":
+            has_targets = eligible.any(-1)  # a row with no target token has no loss to average
+            per_row = per_seq / eligible.sum(-1).clamp(min=1)
+            loss = per_row[has_targets].sum() / has_targets.sum().clamp(min=1)
+        else:
+            loss = per_seq.sum() / num_tokens.clamp(min=1)
         return LossOutput(
-            loss=per_seq.sum() / num_tokens.clamp(min=1),
+            loss=loss,
             nll_sum=per_seq.detach().sum(),
             num_tokens=num_tokens.detach(),
             metrics={"mask_rate": masked.sum().detach() / num_tokens.clamp(min=1)},

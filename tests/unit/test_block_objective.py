@@ -233,6 +233,29 @@ def test_answer_t_min_masks_every_answer_token_of_answer_rows_and_leaves_ordinar
         BlockDiffusionLoss(sft=True, t_min=0.5, answer_t_min=0.2)
 
 
+def test_row_reduction_weighs_every_row_the_same_and_token_reduction_every_target_token():
+    """reduction=row is the mean over rows of each row's loss per target token; token (the default) the
+    batch's loss over its target tokens. With 6-token answer rows next to 16-token ordinary rows they differ."""
+    model = tiny()
+    x0 = tokens(b=4, n=16)
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:2, :10] = True  # rows 0-1: 6 answer tokens; rows 2-3: ordinary rows, 16 targets each
+    batch = {"input_ids": x0, "prompt_mask": prompt}
+    by_row = BlockDiffusionLoss(sft=True, answer_t_min=1.0, reduction="row")
+    by_token = BlockDiffusionLoss(sft=True, answer_t_min=1.0)
+    _, token_loss, _, eligible, _ = by_row.token_losses(model, batch, torch.Generator().manual_seed(3))
+    assert eligible.sum(-1).tolist() == [6, 6, 16, 16]
+    per_row = token_loss.sum(-1) / eligible.sum(-1)
+    row_out = by_row(model, batch, torch.Generator().manual_seed(3))
+    token_out = by_token(model, batch, torch.Generator().manual_seed(3))
+    assert row_out.loss.item() == pytest.approx(per_row.mean().item(), rel=1e-6)
+    assert token_out.loss.item() == pytest.approx((token_loss.sum() / eligible.sum()).item(), rel=1e-6)
+    assert abs(row_out.loss.item() - token_out.loss.item()) > 1e-3  # the two weightings are not the same number
+    assert row_out.nll_sum.item() == pytest.approx(token_out.nll_sum.item()) and row_out.num_tokens == token_out.num_tokens
+    with pytest.raises(ConfigError, match="objective.reduction='rows'"):
+        BlockDiffusionLoss(reduction="rows")
+
+
 def test_per_block_t_gives_each_block_its_own_mask_rate():
     seg = segment_ids(block_ids_fixed(64, 8).expand(256, 64), torch.zeros(256, 64, dtype=torch.long))
     g = torch.Generator().manual_seed(0)
