@@ -34,8 +34,30 @@ What the loss can and cannot teach (worth knowing before training):
   a one-rollout estimate of the target, whose gradient (linear in the target), not value, is unbiased;
 * the teacher's stay mass equals the student's at kappa = 1 for any grid, so each L_n is stationary at
   kappa_n = 1 (the transition law does not give kappa a signal either: StepSchedule trains kappa only with
-  learn_rates) and, for a time-free denoiser (RADD), the grid u gets zero gradient; u learns only through
-  a time-conditioned network's time input.
+  learn_rates) and, for a time-free denoiser (RADD), L_n gives the grid u zero gradient.
+
+LSD+ therefore adds the grid's own term (``factorisation_bound``, on by default with ``learn_grid``). The KL
+between the teacher's and the student's laws of the path (x_{t_1}, ..., x_{t_N}) splits, by the chain rule
+and KL(P || prod_l Q_l) = sum_l KL(P_l || Q_l) + TC(P), into
+
+    KL_path = sum_n E_T[ sum_l KL(P_T,n,l || P_S,n,l) ] + sum_n E_T[ TC_n ],
+
+the per-position terms above plus the total correlation TC_n of the teacher's joint transition of step n: the
+dependence between tokens revealed in the same step, which a factorised step cannot represent. Summed over
+steps, with H(T_l) the entropy of the teacher's token law at a masked position,
+
+    sum_n E[TC_n] = sum_n psi_n E[ sum_{l masked at t_n} H(T_n,l) ] - H_T(x_0 | reveal intervals).
+
+For a denoiser consistent across orders (T_n,l = p_theta(x0^l | x_{t_n})) the last term does not depend on
+the grid, and the first is F = m sum_n (alpha(t_{n+1}) - alpha(t_n)) h(t_n) (the last step with
+alpha = 1), m the generated positions per row and h(t) the mean entropy of p_theta at the masked positions
+of the teacher's state at t: a left Riemann-Stieltjes sum of the integral of h d(alpha), whose excess over
+the integral bounds the factorisation error (the same quantity "Jump Your Steps" minimises). h is estimated
+once per denoiser and canvas from ``curve_rows`` rollouts of the ``teacher_steps``-step teacher (each step
+averages the entropy over the masked positions), and read at the student's times by linear interpolation,
+so F is differentiable in u with or without time conditioning. The loss adds F minus its value on the
+teacher's own grid (``factorisation_excess``, 0 when the student takes the teacher's steps); the constant
+does not change the gradient.
 """
 
 from __future__ import annotations
@@ -71,6 +93,28 @@ class LSDOutput:
 
 
 @dataclass
+class EntropyCurve:
+    """h(t) on the teacher's grid: ``times`` (M,) float64 decreasing from 1 (the left end of each teacher
+    step), ``entropy`` (M,) float64 the mean entropy (nats) of p_theta over the positions masked at that time,
+    ``generated`` the mean number of positions a row generates (m)."""
+
+    times: Tensor
+    entropy: Tensor
+    generated: float
+
+    def at(self, t: Tensor) -> Tensor:
+        """h at t (any shape, float64), linear between grid points, constant beyond them; differentiable in t."""
+        xs, ys = self.times.to(t.device).flip(0), self.entropy.to(t.device).flip(0)  # increasing times
+        tc = t.clamp(min=float(xs[0]), max=float(xs[-1]))
+        hi = torch.searchsorted(xs, tc.detach().contiguous()).clamp(1, xs.numel() - 1) if xs.numel() > 1 else None
+        if hi is None:
+            return ys[0].expand_as(tc)
+        lo = hi - 1
+        w = (tc - xs[lo]) / (xs[hi] - xs[lo])
+        return ys[lo] + w * (ys[hi] - ys[lo])
+
+
+@dataclass
 class TeacherTarget:
     """The teacher's composite transition from y over one student interval: ``stay`` () float64 exact stay
     mass, ``log_token`` (B, L, V) float32 log-law of the token given a reveal (-inf rows where y is clean),
@@ -85,6 +129,8 @@ class TeacherTarget:
 class LSDLoss:
     """Trains a ``StepSchedule(num_steps, learn_grid, learn_rates, t_min)`` against a ``teacher_steps`` teacher
     (module docstring; ``learn_rates`` trains kappa, stationary at 1 under this loss, so off by default).
+    ``factorisation_bound`` (LSD+ only): add the grid's factorisation term F, its entropy curve estimated from
+    ``curve_rows`` teacher rollouts (False: the per-step KL alone, under which a time-free grid stays put).
 
     Declares the denoiser it reads like every objective (``family``, ``shift_logits``): a bidirectional
     masked-diffusion model read without shift. ``schedule``: the noise schedule the denoiser was trained
@@ -96,6 +142,7 @@ class LSDLoss:
 
     def __init__(self, *, num_steps: int = 8, learn_grid: bool = False, learn_rates: bool = False, t_min: float = 0.0,
                  teacher_steps: int = 256, teacher_state: TeacherState = "student",
+                 factorisation_bound: bool = True, curve_rows: int = 64,
                  schedule: NoiseSchedule | None = None) -> None:
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ConfigError(f"objective.num_steps={num_steps!r} must be a positive integer (the student's steps)")
@@ -111,6 +158,11 @@ class LSDLoss:
                               "(own trajectory)")
         if not 0.0 <= t_min < 1.0:
             raise ConfigError(f"objective.t_min={t_min} must lie in [0, 1)")
+        if isinstance(curve_rows, bool) or not isinstance(curve_rows, int) or curve_rows < 1:
+            raise ConfigError(f"objective.curve_rows={curve_rows!r} must be a positive integer (rollouts that estimate "
+                              "the entropy curve of the factorisation bound)")
+        self.factorisation_bound, self.curve_rows = bool(factorisation_bound), curve_rows
+        self._curve: tuple[int, tuple[int, ...], EntropyCurve] | None = None
         self.num_steps, self.t_min = num_steps, float(t_min)
         self.learn_grid, self.learn_rates = bool(learn_grid), bool(learn_rates)
         self.teacher_steps, self.teacher_state = teacher_steps, teacher_state
@@ -165,8 +217,50 @@ class LSDLoss:
         per_step_t = torch.stack(per_step)
         metrics = {f"kl_step{n}": v.detach() for n, v in enumerate(per_step_t)}
         metrics["teacher_row_calls"] = torch.tensor(float(row_calls))
-        return LSDOutput(loss=per_step_t.sum(), per_step=per_step_t, scored=torch.stack(scored_counts),
-                         metrics=metrics)
+        loss = per_step_t.sum()
+        if self.learn_grid and self.factorisation_bound:
+            curve = self.entropy_curve(model, start, generator)
+            excess = self.factorisation(curve, grid) - self.factorisation(curve, substep_times(
+                grid.new_ones(()), grid.new_full((), self.t_min), self.teacher_steps))
+            metrics["factorisation_excess"] = excess.detach()
+            loss = loss + excess
+        return LSDOutput(loss=loss, per_step=per_step_t, scored=torch.stack(scored_counts), metrics=metrics)
+
+    def factorisation(self, curve: EntropyCurve, grid: Tensor) -> Tensor:
+        """F = m sum_n (alpha(t_{n+1}) - alpha(t_n)) h(t_n) on ``grid`` (K + 1,) (module docstring), the last step
+        revealing everything (alpha = 1); nats per row, differentiable in the grid."""
+        alpha = self.schedule.alpha(grid)
+        alpha = torch.cat([alpha[:-1], alpha.new_ones(1)])
+        return curve.generated * ((alpha[1:] - alpha[:-1]) * curve.at(grid[:-1])).sum()
+
+    @torch.no_grad()
+    def entropy_curve(self, model: Denoiser, start: Tensor, generator: torch.Generator | None) -> EntropyCurve:
+        """h(t) of the teacher's rollouts from ``curve_rows`` copies of the start rows (module docstring); computed
+        once per denoiser and canvas shape, then reused (the denoiser is frozen)."""
+        key = (id(model), tuple(start.shape[1:]))
+        if self._curve is not None and self._curve[:2] == key:
+            return self._curve[2]
+        x = start.repeat(-(-self.curve_rows // start.shape[0]), 1)[: self.curve_rows].clone()
+        generated = float((x == model.mask_id).sum(-1).double().mean())
+        times = substep_times(torch.ones((), dtype=torch.float64), torch.full((), self.t_min, dtype=torch.float64),
+                              self.teacher_steps)
+        psi = self.reveal_probability(times[:-1], times[1:])
+        psi[-1] = 1.0  # the teacher's last step reveals everything left
+        entropy = torch.zeros(self.teacher_steps, dtype=torch.float64)
+        for k in range(self.teacher_steps):
+            masked = x == model.mask_id
+            if not bool(masked.any()):
+                entropy[k:] = entropy[k - 1] if k else 0.0
+                break
+            log_p = self.step.x0_log_probs(model, x, times[k].expand(x.shape[0])).double()  # (R, L, V)
+            h = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
+            entropy[k] = h[masked].mean()
+            reveal = masked & (torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
+                               < psi[k])
+            x[reveal] = self.step.tokens.draw(log_p.float()[reveal], model.mask_id, generator)
+        curve = EntropyCurve(times=times[:-1].cpu(), entropy=entropy, generated=generated)
+        self._curve = (*key, curve)
+        return curve
 
     def teacher_target(self, model: Denoiser, y: Tensor, times: Tensor, *, final: bool,
                        generator: torch.Generator | None, first_log_probs: Tensor | None = None) -> TeacherTarget:

@@ -127,20 +127,24 @@ def test_step_n_loss_depends_on_c_n_only(teacher_state, model_name):
         assert grad[n].abs() > 1e-6, (n, grad)
 
 
-def test_stay_mass_is_exact_so_kappa_is_stationary_and_a_time_free_grid_gets_no_gradient():
+def test_stay_mass_is_exact_so_kappa_is_stationary_and_a_time_free_grid_learns_from_the_factorisation_term():
     # the teacher's stay-masked mass telescopes to the student's 1 - psi (reveal clocks do not depend on the
-    # network), so at kappa = 1 dL/dkappa = 0 for any denoiser and dL/du = 0 without time conditioning; fails
-    # if the substep grid does not tile the student's interval or the stay mass is estimated by sampling
+    # network), so at kappa = 1 dL_n/dkappa = 0 for any denoiser and dL_n/du = 0 without time conditioning; fails
+    # if the substep grid does not tile the student's interval or the stay mass is estimated by sampling.
+    # The grid of a time-free model learns from the factorisation term alone (factorisation_bound=False: not at all)
     for name, time_conditioned in (("random", False), ("random_t", True)):
-        loss = LSDLoss(num_steps=4, teacher_steps=32, learn_grid=True, learn_rates=True)
-        steps = loss.make_schedule()
-        loss(MODELS[name](), steps, start(), generator=gen(3)).loss.backward()
-        assert steps.log_rate_scales.grad.abs().max() < 1e-9
-        assert steps.log_logit_scales.grad.abs().max() > 1e-4
-        if time_conditioned:
-            assert steps.grid_logits.grad.abs().max() > 1e-6
-        else:
-            assert steps.grid_logits.grad.abs().max() < 1e-9
+        for bound in (False, True):
+            loss = LSDLoss(num_steps=4, teacher_steps=32, learn_grid=True, learn_rates=True, factorisation_bound=bound,
+                           curve_rows=8)
+            steps = loss.make_schedule()
+            out = loss(MODELS[name](), steps, start(), generator=gen(3))
+            (kl_grad,) = torch.autograd.grad(out.per_step.sum(), steps.grid_logits, retain_graph=True)
+            out.loss.backward()
+            assert steps.log_rate_scales.grad.abs().max() < 1e-9
+            assert steps.log_logit_scales.grad.abs().max() > 1e-4
+            assert (kl_grad.abs().max() > 1e-6) == time_conditioned, kl_grad
+            assert (steps.grid_logits.grad.abs().max() > 1e-6) == (time_conditioned or bound)
+            assert ("factorisation_excess" in out.metrics) == bound
 
 
 class Flattened(ExactDenoiser):
