@@ -63,7 +63,7 @@ VARIANTS = {"lsd": False, "lsd_plus": True}  # name -> objective.learn_grid
 # tiny settings for tests (``quick=true``): the whole run in well under a minute on a tiny model
 QUICK = {"steps": [2], "teacher_steps": 8, "length": 16, "num_samples": 4, "batch_size": 4, "max_search_evals": 4,
          "target_steps": 2, "train": {"teacher_steps": 4, "max_steps": 2, "batch_size": 2}}
-TRAIN_DEFAULTS = {"teacher_steps": 32, "max_steps": 20, "batch_size": 8, "lr": 0.02}
+TRAIN_DEFAULTS = {"teacher_steps": 32, "max_steps": 40, "batch_size": 8, "lr": 0.02}
 
 
 @dataclass
@@ -270,7 +270,7 @@ def markdown_table(report: dict) -> str:
 
 def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "runs/bench_edlm",
               work_dir: str = "runs/bench_lsd", steps: list[int] = (4, 8, 16), teacher_steps: int = 256,
-              length: int = 128, num_samples: int = 128, batch_size: int = 16, seed: int = 0,
+              length: int = 128, num_samples: int = 256, batch_size: int = 16, seed: int = 0,
               train: dict[str, Any] | None = None, retrain: bool = True, entropy_tolerance: float = 0.02,
               refine_tolerance: float = 0.0025, temperature_range: tuple[float, float] = (0.5, 2.0),
               max_search_evals: int = 6, target_steps: int = 8, target_closure: float = 0.30,
