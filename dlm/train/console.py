@@ -2,7 +2,7 @@
 
 Kept: progress bars, the model summary, warnings about the user's run. Dropped: hardware-absent lines
 ("GPU available: False", "TPU available"), tips ("💡 Tip: ... litlogger", the Tensor Cores hint),
-the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, and deprecation warnings raised inside
+the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, the echo of ``trainer.limit_*`` settings, and deprecation warnings raised inside
 Lightning by the installed torch (nothing a dlm user can act on). Called by ``run`` rather than at
 import, so importing dlm.train changes no global state.
 """
@@ -13,7 +13,9 @@ import logging
 import warnings
 
 # the first words of the rank-zero INFO lines that are dropped
-CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip", "You are using a CUDA device")
+# ("`Trainer(limit_val_batches=1)` was configured so 1 batch will be used." restates the user's own setting)
+CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip", "You are using a CUDA device",
+           "`Trainer(limit_")
 
 
 class DropChatter(logging.Filter):
