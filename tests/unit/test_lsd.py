@@ -179,6 +179,7 @@ def test_exact_denoiser_leaves_nothing_to_learn():
     ({"num_steps": 8, "teacher_steps": 4}, "objective.teacher_steps=4 is fewer than objective.num_steps=8"),
     ({"num_steps": 8, "teacher_steps": 100}, "objective.teacher_steps=100 is not a multiple of objective.num_steps=8"),
     ({"teacher_state": "own"}, "objective.teacher_state='own'"),
+    ({"learn_grid": True, "curve_rows": 0}, "objective.curve_rows=0 must be a positive integer"),
 ])
 def test_bad_objective_settings_are_refused_naming_the_key(kwargs, match):
     with pytest.raises(ConfigError, match=match):
