@@ -62,6 +62,7 @@ does not change the gradient.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -162,12 +163,19 @@ class LSDLoss:
             raise ConfigError(f"objective.curve_rows={curve_rows!r} must be a positive integer (rollouts that estimate "
                               "the entropy curve of the factorisation bound)")
         self.factorisation_bound, self.curve_rows = bool(factorisation_bound), curve_rows
-        self._curve: tuple[int, tuple[int, ...], EntropyCurve] | None = None
+        # (weak reference to the denoiser, canvas shape, curve): an id() key could match a new model that reuses
+        # a freed object's address and silently reuse another model's curve
+        self._curve: tuple[weakref.ref, tuple[int, ...], EntropyCurve] | None = None
         self.num_steps, self.t_min = num_steps, float(t_min)
         self.learn_grid, self.learn_rates = bool(learn_grid), bool(learn_rates)
         self.teacher_steps, self.teacher_state = teacher_steps, teacher_state
         self.schedule = schedule or LogLinearSchedule()
         self.step = DenoiseStep(TokenSampling())  # the sampler's own draw: temperature 1, float64 Gumbel
+
+    def __getstate__(self) -> dict:
+        """Pickled (ddp_spawn, deep copies) without the cached curve: it holds a weak reference, and a copy is
+        read by another process's denoiser anyway, whose curve it recomputes."""
+        return {**self.__dict__, "_curve": None}
 
     def make_schedule(self) -> StepSchedule:
         """The identity schedule this loss trains."""
@@ -237,8 +245,8 @@ class LSDLoss:
     def entropy_curve(self, model: Denoiser, start: Tensor, generator: torch.Generator | None) -> EntropyCurve:
         """h(t) of the teacher's rollouts from ``curve_rows`` copies of the start rows (module docstring); computed
         once per denoiser and canvas shape, then reused (the denoiser is frozen)."""
-        key = (id(model), tuple(start.shape[1:]))
-        if self._curve is not None and self._curve[:2] == key:
+        shape = tuple(start.shape[1:])
+        if self._curve is not None and self._curve[0]() is model and self._curve[1] == shape:
             return self._curve[2]
         x = start.repeat(-(-self.curve_rows // start.shape[0]), 1)[: self.curve_rows].clone()
         generated = float((x == model.mask_id).sum(-1).double().mean())
@@ -259,7 +267,7 @@ class LSDLoss:
                                < psi[k])
             x[reveal] = self.step.tokens.draw(log_p.float()[reveal], model.mask_id, generator)
         curve = EntropyCurve(times=times[:-1].cpu(), entropy=entropy, generated=generated)
-        self._curve = (*key, curve)
+        self._curve = (weakref.ref(model), shape, curve)
         return curve
 
     def teacher_target(self, model: Denoiser, y: Tensor, times: Tensor, *, final: bool,

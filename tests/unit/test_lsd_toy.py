@@ -194,3 +194,16 @@ def test_the_factorisation_term_moves_a_time_free_grid_to_where_the_exact_law_is
     learned = tv(exact_law(model, lsd_plus["timesteps"], lsd_plus["logit_scales"], lsd_plus["rate_scales"]), TWINS)
     print({"tv_base": base, "tv_lsd_plus": learned, "lsd_plus": lsd_plus})
     assert base > 0.3 and learned <= 0.75 * base, (base, learned)  # measured 0.675 -> 0.481 (0.71x), t1 = 0.695
+
+
+def test_the_entropy_curve_is_reused_for_its_own_denoiser_only_and_not_pickled():
+    import pickle
+
+    loss = LSDLoss(num_steps=2, teacher_steps=8, learn_grid=True, curve_rows=16)
+    canvas = torch.full((4, L), MASK)
+    twins, chain = ExactTimeFree(TWINS).eval(), ExactTimeFree(chain_law()).eval()
+    first = loss.entropy_curve(twins, canvas, torch.Generator().manual_seed(0))
+    assert loss.entropy_curve(twins, canvas, None) is first  # frozen denoiser: estimated once
+    other = loss.entropy_curve(chain, canvas, torch.Generator().manual_seed(0))
+    assert other is not first and not torch.equal(other.entropy, first.entropy)  # another model: its own curve
+    assert pickle.loads(pickle.dumps(loss))._curve is None  # ddp_spawn / deep copies recompute it
