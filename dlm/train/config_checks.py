@@ -6,7 +6,8 @@ and Hydra refuses an override of a key that does not exist. What is left:
     would silently run with the default; refused, naming the key and the close valid ones;
   - counts that must be positive (``batch_size=0`` would fail deep inside a data loader);
   - the diffusion block: a block-diffusion objective trains on blocks of ``objective.block_size``
-    tokens while the exported model is evaluated and sampled with ``model.block_size``; they must agree.
+    tokens while the exported model is evaluated and sampled with ``model.block_size``; they must agree;
+  - a data curriculum that would outlast the run (``data.curriculum_steps`` >= ``trainer.max_steps``).
 Every refusal is a ``ConfigError`` naming the key(s) and the fix.
 """
 
@@ -57,6 +58,16 @@ def check_train_config(cfg: DictConfig) -> None:
     check_positive("global_batch_size", cfg.get("global_batch_size"), optional=True)
     check_positive("data.seq_len", cfg.data.get("seq_len"))
     check_answer_only_rows(cfg)
+    check_curriculum(cfg)
+
+
+def check_curriculum(cfg: DictConfig) -> None:
+    """A data curriculum (``data.curriculum_steps``: the first steps train on an easier task) must end before
+    the run does, else the run never trains on the task it is validated and exported for."""
+    steps, max_steps = cfg.data.get("curriculum_steps") or 0, cfg.trainer.get("max_steps")
+    if steps and max_steps and steps >= max_steps:
+        raise ConfigError(f"data.curriculum_steps={steps} >= trainer.max_steps={max_steps}: the run would never "
+                          "train on the task itself; lower data.curriculum_steps or raise trainer.max_steps")
 
 
 def check_answer_only_rows(cfg: DictConfig) -> None:

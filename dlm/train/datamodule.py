@@ -8,7 +8,8 @@ re-created iterators and without a stateful dataloader.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -23,13 +24,25 @@ class StreamSampler(Sampler[int]):
 
     ``consumed()`` is how many indices this rank has already used; ``num_samples`` is the
     number this rank will use over the whole run (the run is one Lightning epoch).
+
+    Phases (a curriculum): ``n`` may be a list of part sizes of a concatenated dataset with ``starts`` the
+    global stream positions at which each part takes over (``starts[0] == 0``, increasing). Part k is read
+    as its own stream of seeded permutations from ``starts[k]`` on, its indices offset by the sizes of the
+    parts before it. Because a position decides its phase, a resumed run continues in the right phase. One
+    part (the default) is exactly the plain stream.
     """
 
-    def __init__(self, n: int, *, num_samples: int, seed: int, rank: int, world_size: int,
-                 consumed: Callable[[], int] = lambda: 0) -> None:
-        if n == 0:
+    def __init__(self, n: int | Sequence[int], *, num_samples: int, seed: int, rank: int, world_size: int,
+                 consumed: Callable[[], int] = lambda: 0, starts: Sequence[int] = (0,)) -> None:
+        sizes = [n] if isinstance(n, int) else list(n)
+        if 0 in sizes:
             raise ValueError("the training split has no rows: use a longer corpus or a smaller data.seq_len")
-        self.n, self.num_samples, self.seed = n, num_samples, seed
+        if len(starts) != len(sizes) or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"stream phases need one increasing start per part from 0; got starts={list(starts)} "
+                             f"for {len(sizes)} parts")
+        self.sizes, self.starts = sizes, list(starts)
+        self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.num_samples, self.seed = num_samples, seed
         self.rank, self.world_size, self.consumed = rank, world_size, consumed
 
     def __len__(self) -> int:
@@ -38,13 +51,14 @@ class StreamSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         start = self.consumed()
         pos = start * self.world_size + self.rank  # position in the global stream
-        epoch, perm = -1, None
+        current, perm = None, None
         for _ in range(start, self.num_samples):
-            e, i = divmod(pos, self.n)
-            if e != epoch:
-                epoch = e
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + e))
-            yield int(perm[i])
+            k = bisect.bisect_right(self.starts, pos) - 1
+            e, i = divmod(pos - self.starts[k], self.sizes[k])
+            if (k, e) != current:
+                current = (k, e)
+                perm = torch.randperm(self.sizes[k], generator=torch.Generator().manual_seed(self.seed + e))
+            yield self.offsets[k] + int(perm[i])
             pos += self.world_size
 
 
@@ -54,10 +68,11 @@ class StreamDataModule(L.LightningDataModule):
     ``batch_size``, ``eval_batch_size``, ``seed`` and ``num_workers``."""
 
     datasets: dict
+    phase_steps: tuple[int, ...] = ()  # a curriculum: datasets["train"] a ConcatDataset, see stream_loader
 
     def train_dataloader(self):
         return stream_loader(self.datasets["train"], self.trainer, batch_size=self.batch_size, seed=self.seed,
-                             num_workers=self.num_workers)
+                             num_workers=self.num_workers, phase_steps=self.phase_steps)
 
     def val_dataloader(self):
         return shard_loader(self.datasets["eval"], self.trainer, batch_size=self.eval_batch_size,
@@ -105,15 +120,25 @@ class TextDataModule(StreamDataModule):
                 self.datasets[which] = self.blocks(which)
 
 
-def stream_loader(dataset, trainer, *, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
-    """The training loader: this rank's share of the resumable seeded stream, for the whole run."""
+def stream_loader(dataset, trainer, *, batch_size: int, seed: int, num_workers: int = 0,
+                  phase_steps: Sequence[int] = ()) -> DataLoader:
+    """The training loader: this rank's share of the resumable seeded stream, for the whole run.
+
+    ``phase_steps`` (a curriculum): ``dataset`` is a ``ConcatDataset`` of ``len(phase_steps) + 1`` parts and
+    part k + 1 takes over at optimiser step ``phase_steps[k]`` (on every rank at once)."""
     t = trainer
     if t.max_steps is None or t.max_steps <= 0:
         raise ValueError("trainer.max_steps must be set (> 0): training runs are counted in steps")
+    per_step = t.accumulate_grad_batches * batch_size  # rows per optimiser step on one rank
+    sizes: int | list[int] = len(dataset)
+    if phase_steps:
+        sizes = [len(part) for part in dataset.datasets]
+        if len(sizes) != len(phase_steps) + 1:
+            raise ValueError(f"a curriculum of {len(phase_steps) + 1} phases needs as many dataset parts, "
+                             f"got {len(sizes)}")
     sampler = StreamSampler(
-        len(dataset), num_samples=t.max_steps * t.accumulate_grad_batches * batch_size, seed=seed,
-        rank=t.global_rank, world_size=t.world_size,
-        consumed=lambda: t.global_step * t.accumulate_grad_batches * batch_size,
+        sizes, num_samples=t.max_steps * per_step, seed=seed, rank=t.global_rank, world_size=t.world_size,
+        consumed=lambda: t.global_step * per_step, starts=[0, *(s * per_step * t.world_size for s in phase_steps)],
     )
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                       persistent_workers=num_workers > 0)

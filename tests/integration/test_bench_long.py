@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_long_trains_and_scores_the_ar_control_beside_the_diffusion_model(tmp_path):
-    train = "train=['trainer.max_steps=3','model.dim=16','model.n_layers=1','model.n_heads=1','batch_size=4']"
+    train = "train=['trainer.max_steps=3','model.dim=16','model.n_layers=1','model.n_heads=1','batch_size=4','data.curriculum_steps=1']"
     out = run_cli("dlm-bench", "long", train, f"work_dir={tmp_path}/long", "multiples=[1,2]", "ropes=[none,ntk_auto]",
                   "depths=[0.0]", "num_docs=2", "num_ppl_docs=2", "num_samples=1", f"out={tmp_path}/long.json",
                   f"plot_dir={tmp_path}/plots", cwd=tmp_path)

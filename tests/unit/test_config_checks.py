@@ -65,3 +65,11 @@ def test_an_sft_objective_without_answer_only_rows_is_refused_before_training():
         check_train_config(compose_config("train", ["experiment=needle_demo", "objective=ar", "objective.sft=true",
                                                     "model.attention=causal", "data.answer_only_fraction=0"]))
     check_train_config(compose_config("train", ["experiment=needle_demo"]))  # the recipe itself passes
+
+
+def test_a_curriculum_that_outlasts_the_run_is_refused():
+    """data.curriculum_steps >= trainer.max_steps: the run would never train (or validate what it trained)
+    on the task itself."""
+    with pytest.raises(ConfigError, match=r"data.curriculum_steps=3000 >= trainer.max_steps=3000"):
+        check_train_config(compose_config("train", ["experiment=needle_demo", "trainer.max_steps=3000"]))
+    check_train_config(compose_config("train", ["experiment=needle_demo", "trainer.max_steps=3001"]))

@@ -258,3 +258,45 @@ def test_bench_long_refuses_models_of_different_training_lengths_and_bad_entries
     with pytest.raises(ConfigError, match="models.ar must hold exactly the keys run and train"):
         long_context.bench_long(models={"ar": {"run": "b"}}, work_dir=str(tmp_path / "w"))
     assert not (tmp_path / "o.json").exists()
+
+
+def _pairs_in(row: torch.Tensor) -> int:
+    """Key-value pairs written in a row's context (`` K=VV ``; answered queries read ``?K=VV``, not counted)."""
+    return len(re.findall(r" [A-Z]+=\d+ ", TOK.decode(row.tolist())))
+
+
+def test_needle_curriculum_trains_its_first_steps_on_fewer_pairs_then_the_task_and_resumes_in_phase():
+    import types
+
+    from dlm.train.needle_datamodule import NeedleDataModule
+
+    dm = NeedleDataModule(tokenizer=TOK, seq_len=64, num_pairs=5, key_len=1, value_len=2, num_queries=2,
+                          curriculum_pairs=2, curriculum_steps=3, batch_size=4, num_train_docs=50, num_eval_docs=8)
+    dm.setup()
+    dm.trainer = types.SimpleNamespace(max_steps=5, accumulate_grad_batches=1, global_rank=0, world_size=1,
+                                       global_step=0)
+    batches = list(dm.train_dataloader())
+    counts = [[_pairs_in(row) for row in b["input_ids"]] for b in batches]
+    assert counts[:3] == [[2] * 4] * 3 and counts[3:] == [[5] * 4] * 2
+    assert {_pairs_in(dm.datasets["eval"][i]["input_ids"]) for i in range(8)} == {5}  # validation: the task
+    dm.trainer.global_step = 2  # resumed inside the warm-up: the same rows, the switch at the same step
+    resumed = list(dm.train_dataloader())
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(resumed, batches[2:], strict=True))
+    # without a curriculum the stream is the task's from the first step
+    plain = NeedleDataModule(tokenizer=TOK, seq_len=64, num_pairs=5, key_len=1, value_len=2, num_queries=2,
+                             batch_size=4, num_train_docs=50)
+    plain.setup()
+    plain.trainer = dm.trainer
+    assert {_pairs_in(row) for b in plain.train_dataloader() for row in b["input_ids"]} == {5}
+
+
+@pytest.mark.parametrize(("pairs", "steps", "match"), [
+    (3, 0, "set both"), (None, 100, "set both"), (6, 100, "must be below num_pairs=6"),
+    (1, 100, "curriculum_pairs=1: needle num_queries=3 exceeds"),
+])
+def test_needle_curriculum_refuses_a_half_set_or_impossible_warm_up_naming_the_key(pairs, steps, match):
+    from dlm.train.needle_datamodule import NeedleDataModule
+
+    with pytest.raises(ConfigError, match=match):
+        NeedleDataModule(tokenizer=TOK, seq_len=64, num_pairs=6, key_len=1, value_len=2, num_queries=3,
+                         curriculum_pairs=pairs, curriculum_steps=steps)
