@@ -2,7 +2,7 @@
 
 Kept: progress bars, the model summary, warnings about the user's run. Dropped: hardware-absent lines
 ("GPU available: False", "TPU available"), tips ("💡 Tip: ... litlogger", the Tensor Cores hint),
-the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, the echo of ``trainer.limit_*`` settings, and deprecation warnings raised inside
+the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, the echo of ``trainer.limit_*`` settings, the tip to log more often in a short run, and deprecation warnings raised inside
 Lightning by the installed torch (nothing a dlm user can act on). Called by ``run`` rather than at
 import, so importing dlm.train changes no global state.
 """
@@ -36,3 +36,6 @@ def quiet_lightning() -> None:
     # val/nll is reduced by DlmModule itself (an all_gather of token-weighted sums), so the advice to
     # average it again with sync_dist=True is wrong for it
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
+    # a short run (max_steps below trainer.log_every_n_steps) gets a tip to log more often: its final metrics
+    # are printed by dlm-train anyway
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
