@@ -9,6 +9,7 @@ re-created iterators and without a stateful dataloader.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class StreamSampler(Sampler[int]):
         sizes = [n] if isinstance(n, int) else list(n)
         if 0 in sizes:
             raise ValueError("the training split has no rows: use a longer corpus or a smaller data.seq_len")
-        if len(starts) != len(sizes) or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+        if len(starts) != len(sizes) or starts[0] != 0 or any(a >= b for a, b in itertools.pairwise(starts)):
             raise ValueError(f"stream phases need one increasing start per part from 0; got starts={list(starts)} "
                              f"for {len(sizes)} parts")
         self.sizes, self.starts = sizes, list(starts)

@@ -45,7 +45,7 @@ class NeedleDataModule(StreamDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.counts = {"train": _capped(num_train_docs, max_train_tokens, seq_len),
                        "eval": _capped(num_eval_docs, max_eval_tokens, seq_len)}
-        self.datasets: dict[str, NeedleRows] = {}
+        self.datasets: dict[str, NeedleRows | ConcatDataset] = {}  # train: warm-up + task with a curriculum
 
     def setup(self, stage: str | None = None) -> None:
         for which, count in self.counts.items():
@@ -56,6 +56,7 @@ class NeedleDataModule(StreamDataModule):
             self.datasets["train"] = ConcatDataset([warm, self.datasets["train"]])
 
     def rows(self, task: NeedleTask, split: str, count: int) -> NeedleRows:
+        """``count`` documents of ``task`` from the seed stream of ``split``, with this module's row settings."""
         return NeedleRows(task, self.tokenizer, split=split, num_docs=count, seed=self.seed, depth=self.depth,
                           answer_only_fraction=self.answer_only_fraction)
 

@@ -51,7 +51,7 @@ def test_ranks_interleave_the_global_stream_across_a_phase_switch():
     sizes, starts = [5, 7], [0, 12]
     whole = stream(sizes, 40, starts=starts)
     r0, r1 = (stream(sizes, 20, starts=starts, rank=r, world=2) for r in (0, 1))
-    assert [x for pair in zip(r0, r1) for x in pair] == whole
+    assert [x for pair in zip(r0, r1, strict=True) for x in pair] == whole
 
 
 @pytest.mark.parametrize("starts", [(0, 0), (1, 5), (0, 9, 4), (0,)])
