@@ -72,7 +72,7 @@ design-demo-dna: install
 
 # Long context: the needle model (experiment=needle_demo) and its AR control (same recipe, causal), trained into
 # runs/bench_long unless there; needle grids and perplexity at 1x/2x/4x/8x their training length, without and
-# with NTK RoPE scaling. ~9 min on 2 idle cores, training included; table and plots in benchmarks/results/long_context*
+# with NTK RoPE scaling. ~16 min on 2 idle cores, training included; table and plots in benchmarks/results/long_context*
 long-context: install
 	$(BIN)/dlm-bench long
 
