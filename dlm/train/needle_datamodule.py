@@ -11,8 +11,9 @@ Curriculum: ``curriculum_pairs`` > 0 trains the first ``curriculum_steps`` optim
 with that many pairs (same length and everything else; their own seed stream), then on ``num_pairs``.
 Validation always uses ``num_pairs``. The switch is a function of the stream position
 (``StreamSampler`` phases), so it happens at the same step on every rank and in a resumed run. Why: the
-retrieval circuit forms in a jump whose arrival depends on the initialisation; with fewer distractors it
-forms for every seed tried, and then carries over to the full task (benchmarks/notes/long.md).
+retrieval circuit forms in a jump whose arrival depends on the initialisation; a warm-up with fewer
+distractors (with 2 heads: ``experiment=needle_demo``) made it form for every seed tried, and it carries
+over to the full task (benchmarks/notes/long.md).
 """
 
 from __future__ import annotations
