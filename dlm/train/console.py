@@ -3,8 +3,9 @@
 Kept: progress bars, the model summary, warnings about the user's run. Dropped: hardware-absent lines
 ("GPU available: False", "TPU available"), tips ("💡 Tip: ... litlogger", the Tensor Cores hint),
 the per-rank ``LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES`` line, the echo of ``trainer.limit_*`` settings, the
-tip to log more often in a short run, and deprecation warnings raised inside Lightning by the installed torch (nothing a dlm user can act on). Called by ``run`` rather than at
-import, so importing dlm.train changes no global state.
+tip to log more often in a short run, and deprecation warnings raised inside Lightning by the installed
+torch (nothing a dlm user can act on). Called by ``run`` rather than at import, so importing dlm.train
+changes no global state.
 """
 
 from __future__ import annotations
