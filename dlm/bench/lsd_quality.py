@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from dlm.bench.judged_quality import (
     SampleNLL,
@@ -51,9 +52,10 @@ from dlm.bench.judged_quality import train as train_run
 from dlm.errors import ConfigError
 from dlm.eval.gen_job import read_sample_texts
 from dlm.eval.gen_ppl import Judge, load_judge
-from dlm.eval.sample_job import sample_to_jsonl
+from dlm.eval.perplexity import nelbo_per_sequence
+from dlm.eval.sample_job import prompt_ids, rows_start_with_bos, sample_to_jsonl
 from dlm.io.atomic import write_json_atomic
-from dlm.io.model_dir import load_model_dir
+from dlm.io.model_dir import LoadedModel, load_model_dir
 from dlm.io.provenance import provenance
 from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.learned_schedule import LearnedScheduleSampler, load_step_schedule
@@ -62,7 +64,10 @@ from dlm.types import Sampler
 VARIANTS = {"lsd": False, "lsd_plus": True}  # name -> objective.learn_grid
 # tiny settings for tests (``quick=true``): the whole run in well under a minute on a tiny model
 QUICK = {"steps": [2], "teacher_steps": 8, "length": 16, "num_samples": 4, "batch_size": 4, "max_search_evals": 4,
+         "nelbo_draws": 2,
          "target_steps": 2, "train": {"teacher_steps": 4, "max_steps": 2, "batch_size": 2}}
+# a hand-set profile that sharpens the late steps only: the reference the notes measure LSD against
+REFERENCE_SCALES = {8: (0.95, 0.96, 0.98, 1.0, 1.05, 1.12, 1.25, 1.4)}
 TRAIN_DEFAULTS = {"teacher_steps": 32, "max_steps": 40, "batch_size": 8, "lr": 0.02}
 
 
@@ -154,10 +159,16 @@ def match_temperature(entropy_at: Callable[[float], float], target: float, *, to
 
 @dataclass
 class Scored:
-    """One row's numbers (``row``, JSON-able) and its per-sample judge scores (for paired errors)."""
+    """One row's numbers (``row``, JSON-able) and its per-sample judge scores (for paired errors); the model's
+    own per-sample measures, nats per generated token: ``path_nll`` (S,) the sample's NLL under the sampler's
+    own draws (its mean: the path entropy), ``self_nelbo`` (S,) its NELBO under the denoiser (filled on demand
+    by ``RowRunner.score_self``)."""
 
     row: dict[str, Any]
     scores: SampleNLL
+    tokens: Tensor
+    path_nll: Tensor
+    self_nelbo: Tensor | None = None
 
 
 class RowRunner:
@@ -167,23 +178,54 @@ class RowRunner:
     samples (common random numbers: paired comparisons are sharp)."""
 
     def __init__(self, *, model_dir: str, judge: Judge, length: int, num_samples: int, batch_size: int, seed: int,
-                 tmp: Path) -> None:
+                 tmp: Path, denoiser: LoadedModel, nelbo_draws: int = 16) -> None:
         self.model_dir, self.judge, self.length = model_dir, judge, length
         self.num_samples, self.batch_size, self.seed, self.tmp = num_samples, batch_size, seed, tmp
+        self.denoiser, self.nelbo_draws = denoiser, nelbo_draws
         self._count = 0
 
     def __call__(self, sampler: Sampler, **labels: Any) -> Scored:
+        """``sampler`` must record its draws (``record_trajectory=True``): the path entropy is read from them."""
         self._count += 1
         out = self.tmp / f"row{self._count}.jsonl"
         job = sample_to_jsonl(self.model_dir, sampler, num_samples=self.num_samples, length=self.length,
                               batch_size=self.batch_size, seed=self.seed, device="cpu", out=out)
+        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         texts = read_sample_texts(out)
         scores = sample_nlls(texts, self.judge)
-        row = {**labels, **gen_ppl_with_se(texts, self.judge, scores), "seconds_per_sample": job["seconds_per_sample"],
-               "nfe": job["nfe"]}
+        tokens = torch.tensor([r["tokens"] for r in records])
+        d = self.denoiser
+        prompt = prompt_ids(d.tokenizer, None, family=d.family,
+                            bos=rows_start_with_bos(d.tokenizer, keep_first_token=d.record.keep_first_token))
+        generated = self.length - len(prompt)  # as dlm-sample's unconditional rows
+        path_nll = torch.tensor([r["sampler_nll"] for r in records], dtype=torch.float64) / generated
+        row = {**labels, **gen_ppl_with_se(texts, self.judge, scores), "path_entropy": float(path_nll.mean()),
+               "seconds_per_sample": job["seconds_per_sample"], "nfe": job["nfe"]}
         print(f"{row.get('name', ''):<34} gen_ppl {row['gen_ppl']:8.2f} +- {row['gen_ppl_se']:6.2f}  "
-              f"entropy {row['entropy']:.4f}  {row['seconds_per_sample']:.4f} s/sample", flush=True)
-        return Scored(row=row, scores=scores)
+              f"entropy {row['entropy']:.4f}  path entropy {row['path_entropy']:.4f}  "
+              f"{row['seconds_per_sample']:.4f} s/sample", flush=True)
+        return Scored(row=row, scores=scores, tokens=tokens, path_nll=path_nll)
+
+    def score_self(self, scored: Scored) -> Scored:
+        """Fill ``scored.self_nelbo``: each sample's NELBO (nats per token) under the denoiser that drew it,
+        ``nelbo_draws`` Monte Carlo draws from one fixed seed, so every row is scored with the same masks and
+        times (paired differences between rows are sharp). Adds ``self_nelbo`` (+- ``self_nelbo_se``) to the row."""
+        if scored.self_nelbo is None:
+            d = self.denoiser
+            per_sample = []
+            generator = torch.Generator().manual_seed(self.seed + 1)
+            with torch.no_grad():
+                for start in range(0, scored.tokens.shape[0], self.batch_size):
+                    x0 = scored.tokens[start:start + self.batch_size]
+                    nelbo, _, n = nelbo_per_sequence(d.model, {"input_ids": x0}, num_samples=self.nelbo_draws,
+                                                     schedule=d.schedule, generator=generator,
+                                                     keep_first_token=d.record.keep_first_token)
+                    per_sample.append(nelbo / n.double())
+            scored.self_nelbo = torch.cat(per_sample)
+            n = scored.self_nelbo.numel()
+            scored.row["self_nelbo"] = float(scored.self_nelbo.mean())
+            scored.row["self_nelbo_se"] = float(scored.self_nelbo.std() / math.sqrt(n)) if n > 1 else float("nan")
+        return scored
 
 
 def train_schedule(*, radd: str, steps: int, learn_grid: bool, run_dir: Path, length: int, seed: int,
@@ -215,6 +257,24 @@ def closure(base: Scored, student: Scored, teacher: Scored) -> dict[str, float |
     gap, closed = pb - pt, pb - ps
     se_closed = math.sqrt(pb * ps) * paired_log_ratio_se(base.scores, student.scores)
     se_gap = math.hypot(base.row["gen_ppl_se"], teacher.row["gen_ppl_se"])
+    frac = closed / gap if gap > 0 else None
+    se_frac = math.sqrt(se_closed**2 + frac**2 * se_gap**2) / gap if frac is not None else None
+    return {"gap": gap, "gap_se": se_gap, "closed": closed, "closed_se": se_closed, "closure": frac,
+            "closure_se": se_frac}
+
+
+def self_closure(base: Scored, student: Scored, base_at_teacher: Scored, teacher: Scored) -> dict[str, float | None]:
+    """The student's gain by the denoiser's own measure, as a fraction of the base-teacher gap: (NELBO(base) -
+    NELBO(student)) / (NELBO(base_at_teacher) - NELBO(teacher)), nats per token, ``base`` matched to the
+    student's path entropy and ``base_at_teacher`` to the teacher's (the gap at the teacher's entropy: a
+    student whose entropy differs from the teacher's is not judged against a gap that shrinks or flips
+    with it). The numerator's error from the paired per-sample differences, the gap's unpaired. All four
+    rows scored (``RowRunner.score_self``)."""
+    nb, ns = base.self_nelbo, student.self_nelbo
+    gap = float(base_at_teacher.self_nelbo.mean() - teacher.self_nelbo.mean())
+    closed = float(nb.mean() - ns.mean())
+    se_closed = float((nb - ns).std() / math.sqrt(nb.numel()))
+    se_gap = math.hypot(base_at_teacher.row["self_nelbo_se"], teacher.row["self_nelbo_se"])
     frac = closed / gap if gap > 0 else None
     se_frac = math.sqrt(se_closed**2 + frac**2 * se_gap**2) / gap if frac is not None else None
     return {"gap": gap, "gap_se": se_gap, "closed": closed, "closed_se": se_closed, "closure": frac,
@@ -253,18 +313,25 @@ def plot_rows(rows: list[dict], path: Path, *, teacher: dict) -> None:
 
 
 def markdown_table(report: dict) -> str:
-    """The README table of a report: one line per row, matched rows with their temperature."""
-    lines = ["| sampler | steps | T | gen-PPL ± s.e. | entropy | s/sample | closure of the gap |",
-             "|---|---|---|---|---|---|---|"]
+    """The README table of a report: one line per row, matched rows with their temperature; a student's line
+    carries both closures (the judge's at matched entropy, the model's own at matched path entropy)."""
+    lines = ["| sampler | steps | T | gen-PPL ± s.e. | entropy | closure (judge) | path entropy | self-NELBO "
+             "| closure (model) | s/sample |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     closures = {(c["variant"], c["steps"]): c for c in report["closures"]}
+
+    def frac(c: dict | None) -> str:
+        return "" if c is None or c["closure"] is None else f"{c['closure']:+.0%} ± {c['closure_se']:.0%}"
+
     for r in report["rows"]:
         if not r.get("matched", True):
-            lines.append(f"| {r['name']} | {r['steps']} | – | not matched: {r['error']} | | | |")
+            lines.append(f"| {r['name']} | {r['steps']} | – | not matched: {r['error']} | | | | | | |")
             continue
         c = closures.get((r["family"], r["steps"]))
-        frac = "" if c is None or c["closure"] is None else f"{c['closure']:+.0%} ± {c['closure_se']:.0%}"
+        nelbo = f"{r['self_nelbo']:.4f} ± {r['self_nelbo_se']:.4f}" if "self_nelbo" in r else ""
         lines.append(f"| {r['name']} | {r['steps']} | {r['temperature']:.3f} | {r['gen_ppl']:.1f} ± "
-                     f"{r['gen_ppl_se']:.1f} | {r['entropy']:.3f} | {r['seconds_per_sample']:.3f} | {frac} |")
+                     f"{r['gen_ppl_se']:.1f} | {r['entropy']:.3f} | {frac(c)} | {r['path_entropy']:.4f} | {nelbo} | "
+                     f"{frac(None if c is None else c['self'])} | {r['seconds_per_sample']:.3f} |")
     return "\n".join(lines)
 
 
@@ -273,7 +340,7 @@ def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "run
               length: int = 128, num_samples: int = 256, batch_size: int = 16, seed: int = 0,
               train: dict[str, Any] | None = None, retrain: bool = True, entropy_tolerance: float = 0.02,
               refine_tolerance: float = 0.0025, temperature_range: tuple[float, float] = (0.5, 2.0),
-              max_search_evals: int = 6, target_steps: int = 8, target_closure: float = 0.30,
+              max_search_evals: int = 6, nelbo_draws: int = 16, target_steps: int = 8, target_closure: float = 0.30,
               train_budget_s: float = 300.0, threads: int = 2, quick: bool = False,
               out: str = "benchmarks/results/lsd.json", plot: str | None = "benchmarks/results/lsd_genppl_vs_steps.png",
               ) -> dict:
@@ -282,6 +349,7 @@ def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "run
     if quick:
         steps, teacher_steps, length = QUICK["steps"], QUICK["teacher_steps"], QUICK["length"]
         num_samples, batch_size, max_search_evals = QUICK["num_samples"], QUICK["batch_size"], QUICK["max_search_evals"]
+        nelbo_draws = QUICK["nelbo_draws"]
         target_steps, train = QUICK["target_steps"], {**(train or {}), **QUICK["train"]}
     settings = {**TRAIN_DEFAULTS, **(train or {})}
     steps = [int(n) for n in steps]
@@ -314,48 +382,75 @@ def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "run
     closures: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         run = RowRunner(model_dir=radd, judge=scorer, length=length, num_samples=num_samples, batch_size=batch_size,
-                        seed=seed, tmp=Path(tmp))
-        teacher = run(AncestralSampler(num_steps=teacher_steps, row_cache="row", schedule=noise),
+                        seed=seed, tmp=Path(tmp), denoiser=denoiser, nelbo_draws=nelbo_draws)
+        teacher = run(AncestralSampler(num_steps=teacher_steps, row_cache="row", schedule=noise, record_trajectory=True),
                       name=f"teacher ({teacher_steps} steps)", family="teacher", steps=teacher_steps, temperature=1.0)
+        run.score_self(teacher)
         rows.append(teacher.row)
         for n in steps:
             base_cache: dict[float, Scored] = {}
 
             def base_at(t: float, n: int = n, cache: dict = base_cache) -> Scored:
                 if t not in cache:
-                    cache[t] = run(AncestralSampler(num_steps=n, row_cache="row", schedule=noise, temperature=t),
+                    cache[t] = run(AncestralSampler(num_steps=n, row_cache="row", schedule=noise, temperature=t,
+                                                    record_trajectory=True),
                                    name=f"base {n} T={t:.4f}", family="base_search", steps=n, temperature=t)
                 return cache[t]
 
-            base = base_at(1.0)
-            rows.append({**base.row, "name": "base", "family": "base"})
-            for target_name, target in [("teacher", teacher)] + [(v, None) for v in VARIANTS]:
-                if target is None:  # a student: sample it first
-                    rec = trained[(target_name, n)]
-                    sampler = LearnedScheduleSampler(schedule=load_step_schedule(rec["schedule_dir"]), row_cache="row")
-                    student = run(sampler, name=target_name.replace("_plus", "+").upper(), family=target_name,
-                                  steps=n, temperature=1.0, train_seconds=rec["train_seconds"])
-                    rows.append(student.row)
-                h = (student if target is None else target).row["entropy"]
+            def matched_base(target_name: str, target: Scored, measure: str, n: int = n) -> tuple[float, Scored] | None:
+                """The base sampler at the temperature whose ``measure`` (entropy: the judge's unigram entropy;
+                path_entropy: the sampler's own) matches ``target``'s; its row is added (or the refusal)."""
+                label = "entropy" if measure == "entropy" else "path entropy"
+                name, family = f"base at {target_name}'s {label}", f"base_at_{target_name}_{measure}"
+                h = target.row[measure]
                 try:
-                    found = match_temperature(lambda t: base_at(t).row["entropy"], h, tolerance=entropy_tolerance,
+                    found = match_temperature(lambda t: base_at(t).row[measure], h, tolerance=entropy_tolerance,
                                               refine_tolerance=refine_tolerance, temperature_range=temperature_range,
                                               max_evals=max_search_evals)
                 except ConfigError as e:
-                    print(f"N={n}: no base temperature matches {target_name}'s entropy: {e}", flush=True)
-                    rows.append({"name": f"base at {target_name}'s entropy", "family": f"base_at_{target_name}_entropy",
-                                 "steps": n, "matched": False, "error": str(e)})
-                    continue
+                    print(f"N={n}: no base temperature matches {target_name}'s {label}: {e}", flush=True)
+                    rows.append({"name": name, "family": family, "steps": n, "matched": False, "error": str(e)})
+                    return None
                 matched = base_at(found.temperature)
-                rows.append({**matched.row, "name": f"base at {target_name}'s entropy",
-                             "family": f"base_at_{target_name}_entropy", "matched": True,
+                if measure == "path_entropy":  # scored by the model before its row is copied into the table
+                    run.score_self(matched)
+                rows.append({**matched.row, "name": name, "family": family, "matched": True, "matched_on": measure,
                              "entropy_target": h, "entropy_relative_error": found.relative_error,
-                             "search": [{"temperature": t, "entropy": e} for t, e in found.evaluations]})
-                if target is None:
-                    closures.append({"variant": target_name, "steps": n, "matched_temperature": found.temperature,
-                                     **closure(matched, student, teacher),
-                                     "unmatched": closure(base, student, teacher)})
-    rows = [r for r in rows if r.get("family") != "base_search"]
+                             "search": [{"temperature": t, measure: e} for t, e in found.evaluations]})
+                return found.temperature, matched
+
+            base = base_at(1.0)
+            rows.append({**base.row, "name": "base", "family": "base"})
+            targets: list[tuple[str, Scored, bool]] = [("teacher", teacher, False)]
+            for variant in VARIANTS:
+                rec = trained[(variant, n)]
+                sampler = LearnedScheduleSampler(schedule=load_step_schedule(rec["schedule_dir"]), row_cache="row",
+                                                 record_trajectory=True)
+                targets.append((variant, run(sampler, name=variant.replace("_plus", "+").upper(), family=variant,
+                                             steps=n, temperature=1.0, train_seconds=rec["train_seconds"]), True))
+            if not quick and n in REFERENCE_SCALES:
+                sampler = AncestralSampler(num_steps=n, row_cache="row", schedule=noise, record_trajectory=True,
+                                           logit_scales=REFERENCE_SCALES[n])
+                targets.append(("reference", run(sampler, name="hand-set profile (reference)", family="reference",
+                                                 steps=n, temperature=1.0, logit_scales=list(REFERENCE_SCALES[n])),
+                                True))
+            at_teacher: Scored | None = None  # the base at the teacher's path entropy: the model's gap
+            for target_name, target, is_student in targets:
+                if is_student:
+                    rows.append(run.score_self(target).row)
+                by_judge = matched_base(target_name, target, "entropy")
+                by_model = matched_base(target_name, target, "path_entropy")
+                if not is_student:
+                    at_teacher = None if by_model is None else by_model[1]
+                if not is_student or by_judge is None:
+                    continue
+                entry = {"variant": target_name, "steps": n, "matched_temperature": by_judge[0],
+                         **closure(by_judge[1], target, teacher), "unmatched": closure(base, target, teacher),
+                         "self": None}
+                if by_model is not None and at_teacher is not None:
+                    entry["self"] = {"matched_temperature": by_model[0],
+                                     **self_closure(by_model[1], target, at_teacher, teacher)}
+                closures.append(entry)
     hit = next((c for c in closures if c["variant"] == "lsd_plus" and c["steps"] == target_steps), None)
     train_seconds = [r["train_seconds"] for r in trained.values() if r["train_seconds"] is not None]
     target = {"steps": target_steps, "closure_required": target_closure,
@@ -367,7 +462,8 @@ def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "run
     run_settings = {"steps": steps, "teacher_steps": teacher_steps, "length": length, "num_samples": num_samples,
                     "batch_size": batch_size, "train": settings, "entropy_tolerance": entropy_tolerance,
                     "refine_tolerance": refine_tolerance, "temperature_range": list(temperature_range),
-                    "max_search_evals": max_search_evals, "threads": threads, "quick": quick}
+                    "max_search_evals": max_search_evals, "nelbo_draws": nelbo_draws, "threads": threads,
+                    "quick": quick}
     report = {"task": "lsd", "radd": radd, "judge": judge, "settings": run_settings, "seeds": {"sampling": seed,
               "training": seed}, "torch": torch.__version__, "rows": rows, "closures": closures,
               "training": list(trained.values()), "target": target,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from dlm.data.tokenizers.bio import LetterTokenizer
@@ -95,8 +96,10 @@ def sample_to_jsonl(
     sampling time, auxiliary networks included), seconds_per_sample, sampler (class name), length, model,
     ``<name>_calls`` for each auxiliary network the sampler called (EDLM: ``energy_calls``, total
     batched energy calls of the job), provenance (``dlm.io.provenance``: seed, the sampler's settings, the
-    model's fingerprint)}. A model whose logits
-    turn NaN/inf stops the job (``NonFiniteError``) and ``out`` is left as it was.
+    model's fingerprint)}. A sampler that records its draws (``record_trajectory=True``) adds to each record
+    ``sampler_nll`` (the sample's negative log-probability under the distributions it was drawn from) and to
+    the summary ``sampler_nll_per_token`` (their sum over generated tokens: the sampler's path entropy per
+    token). A model whose logits turn NaN/inf stops the job (``NonFiniteError``) and ``out`` is left as it was.
     """
     if num_samples < 1:
         raise ConfigError(f"num_samples={num_samples} must be >= 1")
@@ -127,6 +130,7 @@ def sample_to_jsonl(
     if not overwrite:
         check_samples_path(out, summary_path, settings)
     nfe_total, seconds, aux_calls = 0, 0.0, {}
+    nll_total: float | None = None  # set when the sampler records its draws' log-probs
     sizes = [min(batch_size, num_samples - s) for s in range(0, num_samples, batch_size)]
     with atomic_file(out) as f, FiniteOutputs(loaded.model) as watch:
         for k, b in enumerate(tqdm(sizes, desc=f"sample ({type(sampler).__name__})", dynamic_ncols=True)):
@@ -136,9 +140,14 @@ def sample_to_jsonl(
             for name, n in res.aux_calls.items():  # auxiliary networks' calls (EDLM: the energy)
                 aux_calls[name] = aux_calls.get(name, 0) + n
             seconds += res.seconds
-            for row in res.tokens.tolist():
+            nll = sampler_nll(res.info)
+            if nll is not None:
+                nll_total = (nll_total or 0.0) + float(nll.sum())
+            for i, row in enumerate(res.tokens.tolist()):
                 rec = {"text": decode_sample(row, loaded.tokenizer, len(ids)), "tokens": row,
                        "nfe": int(res.nfe), "seconds": res.seconds / b}
+                if nll is not None:
+                    rec["sampler_nll"] = float(nll[i])
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     summary = {
         "samples": num_samples,
@@ -148,6 +157,8 @@ def sample_to_jsonl(
         "seconds_per_sample": seconds / num_samples,
         "sampler": type(sampler).__name__,
         **{f"{name}_calls": n for name, n in aux_calls.items()},
+        **({"sampler_nll_per_token": nll_total / (num_samples * (length - len(ids)))}
+           if nll_total is not None and length > len(ids) else {}),
         "length": length,
         "model": str(model_dir),
         **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),
@@ -156,6 +167,17 @@ def sample_to_jsonl(
     }
     write_json_atomic(summary_path, summary)
     return summary
+
+
+def sampler_nll(info: dict) -> Tensor | None:
+    """-sum over steps of ``info["step_log_probs"]`` (B,) float64: each sample's negative log-probability under
+    the distributions its tokens were drawn from, given the order they were revealed in (nats). Its mean over
+    samples estimates the sampler's path entropy H(x_0 | order); None when the sampler recorded no draws
+    (``record_trajectory`` off, or a sampler that keeps canvases only)."""
+    steps = info.get("step_log_probs")
+    if not steps:
+        return None
+    return -torch.stack([lp.double() for lp in steps]).sum(0).sum(-1)
 
 
 def check_samples_path(out: Path, summary_path: Path, settings: dict) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_helpers import BIN
 
-from dlm.bench.lsd_quality import bench_lsd, match_temperature
+from dlm.bench.lsd_quality import Scored, bench_lsd, match_temperature, self_closure
 from dlm.data.tokenizers.char import CharTokenizer
 from dlm.errors import ConfigError
 from dlm.eval.schedule_info import schedule_info, schedule_table
@@ -99,12 +99,17 @@ def test_quick_bench_runs_end_to_end(dirs, tmp_path):
         if r.get("matched") is False:  # a refused search is recorded with its one-line reason
             assert "temperature_range" in r["error"] or "max_search_evals" in r["error"]
             continue
-        assert {"gen_ppl", "gen_ppl_se", "entropy", "seconds_per_sample", "temperature"} <= set(r)
+        assert {"gen_ppl", "gen_ppl_se", "entropy", "path_entropy", "seconds_per_sample", "temperature"} <= set(r)
+        assert r["path_entropy"] > 0  # every row's sampler records its draws
         assert r["gen_ppl"] > 0 and r["gen_ppl_se"] >= 0
         if r.get("matched"):  # matched rows hit the entropy tolerance
             assert abs(r["entropy_relative_error"]) <= report["settings"]["entropy_tolerance"]
+    assert {r.get("matched_on") for r in report["rows"] if r.get("matched")} <= {"entropy", "path_entropy"}
     for c in report["closures"]:
-        assert {"variant", "steps", "matched_temperature", "gap", "closed", "closure", "unmatched"} <= set(c)
+        assert {"variant", "steps", "matched_temperature", "gap", "closed", "closure", "unmatched", "self"} <= set(c)
+        if c["self"] is not None:  # the model's own closure: its base matched on path entropy, all rows scored
+            assert {"matched_temperature", "gap", "closed", "closure", "closure_se"} <= set(c["self"])
+            assert all("self_nelbo" in r for r in report["rows"] if r["family"] in ("teacher", c["variant"]))
     assert set(report["target"]) >= {"closure", "closure_se", "met", "max_train_seconds", "train_time_met"}
 
 
@@ -178,3 +183,25 @@ def test_an_empty_sample_drops_out_of_the_pooled_score_instead_of_stopping_the_r
     assert with_empty.tokens.tolist() == [alone.tokens[0], 0.0, alone.tokens[1]] and with_empty.nll[1] == 0.0
     assert with_empty.mean() == pytest.approx(alone.mean(), rel=1e-12)  # pooled over tokens: unchanged
     assert math.isfinite(gen_ppl_with_se([texts[0], "", texts[1]], judge)["gen_ppl"])
+
+
+def test_the_models_own_closure_is_the_paired_gain_over_the_gap_at_the_teachers_entropy():
+    """(NELBO(base) - NELBO(student)) / (NELBO(base at the teacher's entropy) - NELBO(teacher)), the numerator's
+    error from the paired per-sample differences: a student that tracks the base sample by sample has a tiny
+    error, one whose samples are shuffled against the base's (the same mean) a large one; the gap is the
+    teacher's, not the matched base's."""
+    def scored(values):
+        t = torch.tensor(values, dtype=torch.float64)
+        return Scored(row={"self_nelbo": float(t.mean()), "self_nelbo_se": float(t.std() / len(values) ** 0.5)},
+                      scores=None, tokens=torch.zeros(len(values), 1), path_nll=t, self_nelbo=t)
+
+    base = scored([3.0, 3.2, 2.8, 3.4])
+    at_teacher = scored([3.5, 3.7, 3.3, 3.9])
+    teacher = scored([2.5, 2.7, 2.3, 2.9])
+    paired = scored([2.5, 2.7, 2.3, 2.9])  # the base minus 0.5 on every sample
+    c = self_closure(base, paired, at_teacher, teacher)
+    assert c["closure"] == pytest.approx(0.5) and c["gap"] == pytest.approx(1.0) and c["closed_se"] == pytest.approx(0)
+    shuffled = scored([2.9, 2.3, 2.7, 2.5])
+    assert self_closure(base, shuffled, at_teacher, teacher)["closed_se"] > 0.1
+    assert self_closure(base, base, at_teacher, teacher)["closure"] == 0.0
+    assert self_closure(base, paired, teacher, at_teacher)["closure"] is None  # no gap: no fraction

@@ -204,3 +204,35 @@ def test_a_letter_model_trained_without_bos_samples_without_bos(tmp_path):
         else:
             assert all(r[0] == first for r in rows)
     assert rows_start_with_bos(CharTokenizer(), keep_first_token=False)  # text rows always start with BOS
+
+
+def test_a_recording_sampler_writes_each_samples_nll_under_its_own_draws(model_dir, tmp_path):
+    """One step from the all-mask canvas draws every token from softmax(logits / T) of one network call, so
+    each record's sampler_nll is exactly -sum log softmax(logits / T) at its tokens; the samples themselves
+    are those of the same sampler without recording."""
+    from dlm.io.model_dir import load_model_dir
+
+    temperature = 0.7
+    plain = sample_to_jsonl(model_dir, AncestralSampler(num_steps=1, temperature=temperature), num_samples=5,
+                            length=12, batch_size=2, device="cpu", out=tmp_path / "plain.jsonl")
+    rec_summary = sample_to_jsonl(model_dir, AncestralSampler(num_steps=1, temperature=temperature,
+                                                              record_trajectory=True),
+                                  num_samples=5, length=12, batch_size=2, device="cpu", out=tmp_path / "rec.jsonl")
+    plain_recs, recs = read(tmp_path / "plain.jsonl"), read(tmp_path / "rec.jsonl")
+    assert [r["tokens"] for r in recs] == [r["tokens"] for r in plain_recs]
+    assert "sampler_nll" not in plain_recs[0] and "sampler_nll_per_token" not in plain
+    model = load_model_dir(model_dir).model
+    tok = CharTokenizer()
+    canvas = torch.full((1, 12), tok.mask_id)
+    canvas[0, 0] = tok.bos_id
+    with torch.no_grad():
+        logits = model(canvas, None)[0, 1:].double()
+    logits[:, tok.mask_id] = float("-inf")
+    for r in recs:
+        ids = torch.tensor(r["tokens"][1:])
+        tempered = -logits.div(temperature).log_softmax(-1).gather(-1, ids[:, None]).sum()
+        untempered = -logits.log_softmax(-1).gather(-1, ids[:, None]).sum()
+        assert r["sampler_nll"] == pytest.approx(float(tempered), rel=1e-5)
+        assert abs(r["sampler_nll"] - float(untempered)) > 1e-3  # the law it was drawn from, not p_theta's
+    total = sum(r["sampler_nll"] for r in recs)
+    assert rec_summary["sampler_nll_per_token"] == pytest.approx(total / (5 * 11))
