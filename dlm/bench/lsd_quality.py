@@ -316,8 +316,8 @@ def markdown_table(report: dict) -> str:
     """The README table of a report: one line per row, matched rows with their temperature; a student's line
     carries both closures (the judge's at matched entropy, the model's own at matched path entropy)."""
     lines = ["| sampler | steps | T | gen-PPL ± s.e. | entropy | closure (judge) | path entropy | self-NELBO "
-             "| closure (model) | s/sample |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| closure (model) | closure (judge, path entropy) | s/sample |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     closures = {(c["variant"], c["steps"]): c for c in report["closures"]}
 
     def frac(c: dict | None) -> str:
@@ -325,13 +325,15 @@ def markdown_table(report: dict) -> str:
 
     for r in report["rows"]:
         if not r.get("matched", True):
-            lines.append(f"| {r['name']} | {r['steps']} | – | not matched: {r['error']} | | | | | | |")
+            lines.append(f"| {r['name']} | {r['steps']} | – | not matched: {r['error']} | | | | | | | |")
             continue
         c = closures.get((r["family"], r["steps"]))
         nelbo = f"{r['self_nelbo']:.4f} ± {r['self_nelbo_se']:.4f}" if "self_nelbo" in r else ""
         lines.append(f"| {r['name']} | {r['steps']} | {r['temperature']:.3f} | {r['gen_ppl']:.1f} ± "
                      f"{r['gen_ppl_se']:.1f} | {r['entropy']:.3f} | {frac(c)} | {r['path_entropy']:.4f} | {nelbo} | "
-                     f"{frac(None if c is None else c['self'])} | {r['seconds_per_sample']:.3f} |")
+                     f"{frac(None if c is None else c['self'])} | "
+                     f"{frac(None if c is None or c['self'] is None else c['self']['judge'])} | "
+                     f"{r['seconds_per_sample']:.3f} |")
     return "\n".join(lines)
 
 
@@ -449,7 +451,8 @@ def bench_lsd(*, radd: str, judge: str | None = None, judge_work_dir: str = "run
                          "self": None}
                 if by_model is not None and at_teacher is not None:
                     entry["self"] = {"matched_temperature": by_model[0],
-                                     **self_closure(by_model[1], target, at_teacher, teacher)}
+                                     **self_closure(by_model[1], target, at_teacher, teacher),
+                                     "judge": closure(by_model[1], target, teacher)}
                 closures.append(entry)
     hit = next((c for c in closures if c["variant"] == "lsd_plus" and c["steps"] == target_steps), None)
     train_seconds = [r["train_seconds"] for r in trained.values() if r["train_seconds"] is not None]

@@ -108,7 +108,7 @@ def test_quick_bench_runs_end_to_end(dirs, tmp_path):
     for c in report["closures"]:
         assert {"variant", "steps", "matched_temperature", "gap", "closed", "closure", "unmatched", "self"} <= set(c)
         if c["self"] is not None:  # the model's own closure: its base matched on path entropy, all rows scored
-            assert {"matched_temperature", "gap", "closed", "closure", "closure_se"} <= set(c["self"])
+            assert {"matched_temperature", "gap", "closed", "closure", "closure_se", "judge"} <= set(c["self"])
             assert all("self_nelbo" in r for r in report["rows"] if r["family"] in ("teacher", c["variant"]))
     assert set(report["target"]) >= {"closure", "closure_se", "met", "max_train_seconds", "train_time_met"}
 
