@@ -56,7 +56,7 @@ bench-edlm: install
 	$(BIN)/dlm-bench edlm
 
 # LSD / LSD+ schedules (4, 8, 16 steps) vs the base sampler at matched entropy, on the demo RADD model;
-# the independent judge is dlm-bench edlm's (runs/bench_edlm/judge, trained when absent). ~8 min on 2 idle cores
+# the independent judge is dlm-bench edlm's (runs/bench_edlm/judge, trained when absent). ~15 min on 2 idle cores
 bench-lsd: install
 	test -f runs/demo_radd/model/model.json || $(BIN)/dlm-train experiment=demo_radd run_dir=runs/demo_radd
 	OMP_NUM_THREADS=2 $(BIN)/dlm-bench lsd

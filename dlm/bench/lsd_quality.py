@@ -10,11 +10,18 @@ One run on the demo RADD model. For every student step count N in ``steps``:
    sampler (the teacher), each scored by an **independent** AR judge (``dlm.bench.judged_quality``:
    trained on the odd-numbered pydoc topics with another seed, never the demo AR model): gen-PPL with a
    standard error over samples, mean unigram entropy (judge tokens), seconds per sample.
+   At N = 8 also a hand-set reference profile (``REFERENCE_SCALES``: sharpens the late steps only).
 3. **Matched entropy**: a per-step temperature lowers gen-PPL by sharpening alone, so each student is
    compared with the base sampler at the global temperature whose entropy matches the student's
    (``match_temperature``: regula falsi in log T on common random numbers, accepted within
    ``entropy_tolerance`` = 2 %, refined towards ``refine_tolerance``). The base sampler is also matched
    to the teacher's entropy (how much of the base-teacher gap sharpening alone closes).
+4. **The model's own measure**: the judge's unigram entropy does not see a profile that sharpens the
+   conditionals while keeping the character frequencies, so every row also records its *path entropy*
+   (each sample's NLL under the distributions its tokens were drawn from, ``sampler_nll``, per generated
+   token) and, where compared, its *self-NELBO* under the denoiser (``nelbo_draws`` draws, one seed for
+   every row). Each student is matched a second time, on path entropy, and scored by ``self_closure`` (the
+   gap taken at the teacher's path entropy) and by the judge against that base.
 
 Gap closure of a student s at N steps, everything at the student's entropy except the teacher::
 
