@@ -105,6 +105,7 @@ def test_quick_bench_runs_end_to_end(dirs, tmp_path):
         if r.get("matched"):  # matched rows hit the entropy tolerance
             assert abs(r["entropy_relative_error"]) <= report["settings"]["entropy_tolerance"]
     assert {r.get("matched_on") for r in report["rows"] if r.get("matched")} <= {"entropy", "path_entropy"}
+    assert any(c["self"] is not None for c in report["closures"])  # the model's own closure was reached
     for c in report["closures"]:
         assert {"variant", "steps", "matched_temperature", "gap", "closed", "closure", "unmatched", "self"} <= set(c)
         if c["self"] is not None:  # the model's own closure: its base matched on path entropy, all rows scored
