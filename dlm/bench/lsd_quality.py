@@ -60,7 +60,7 @@ from dlm.errors import ConfigError
 from dlm.eval.gen_job import read_sample_texts
 from dlm.eval.gen_ppl import Judge, load_judge
 from dlm.eval.perplexity import nelbo_per_sequence
-from dlm.eval.sample_job import prompt_ids, rows_start_with_bos, sample_to_jsonl
+from dlm.eval.sample_job import sample_to_jsonl
 from dlm.io.atomic import write_json_atomic
 from dlm.io.model_dir import LoadedModel, load_model_dir
 from dlm.io.provenance import provenance
@@ -200,12 +200,11 @@ class RowRunner:
         records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         texts = read_sample_texts(out)
         scores = sample_nlls(texts, self.judge)
+        if "sampler_nll" not in records[0]:
+            raise ConfigError(f"{type(sampler).__name__} recorded no draws: the LSD benchmark reads each row's path "
+                              "entropy from them; build its samplers with record_trajectory=True")
         tokens = torch.tensor([r["tokens"] for r in records])
-        d = self.denoiser
-        prompt = prompt_ids(d.tokenizer, None, family=d.family,
-                            bos=rows_start_with_bos(d.tokenizer, keep_first_token=d.record.keep_first_token))
-        generated = self.length - len(prompt)  # as dlm-sample's unconditional rows
-        path_nll = torch.tensor([r["sampler_nll"] for r in records], dtype=torch.float64) / generated
+        path_nll = torch.tensor([r["sampler_nll"] for r in records], dtype=torch.float64) / job["generated_per_sample"]
         row = {**labels, **gen_ppl_with_se(texts, self.judge, scores), "path_entropy": float(path_nll.mean()),
                "seconds_per_sample": job["seconds_per_sample"], "nfe": job["nfe"]}
         print(f"{row.get('name', ''):<34} gen_ppl {row['gen_ppl']:8.2f} +- {row['gen_ppl_se']:6.2f}  "

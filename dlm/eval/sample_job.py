@@ -93,7 +93,8 @@ def sample_to_jsonl(
 
     One generator seeded with ``seed`` serves the whole job, so the same arguments give the same
     file. Returns {samples, out, nfe (mean over samples of their batch's nfe), seconds (total
-    sampling time, auxiliary networks included), seconds_per_sample, sampler (class name), length, model,
+    sampling time, auxiliary networks included), seconds_per_sample, sampler (class name), length,
+    generated_per_sample (length minus the prompt, BOS included), model,
     ``<name>_calls`` for each auxiliary network the sampler called (EDLM: ``energy_calls``, total
     batched energy calls of the job), provenance (``dlm.io.provenance``: seed, the sampler's settings, the
     model's fingerprint)}. A sampler that records its draws (``record_trajectory=True``) adds to each record
@@ -160,6 +161,7 @@ def sample_to_jsonl(
         **({"sampler_nll_per_token": nll_total / (num_samples * (length - len(ids)))}
            if nll_total is not None and length > len(ids) else {}),
         "length": length,
+        "generated_per_sample": length - len(ids),
         "model": str(model_dir),
         **({"overrides": loaded.record.overrides} if loaded.record.overrides else {}),
         "provenance": record,

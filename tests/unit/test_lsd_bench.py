@@ -12,14 +12,16 @@ import pytest
 import torch
 from cli_helpers import BIN
 
-from dlm.bench.lsd_quality import Scored, bench_lsd, match_temperature, self_closure
+from dlm.bench.lsd_quality import RowRunner, Scored, bench_lsd, match_temperature, self_closure
 from dlm.data.tokenizers.char import CharTokenizer
 from dlm.errors import ConfigError
+from dlm.eval.gen_ppl import load_judge
 from dlm.eval.schedule_info import schedule_info, schedule_table
 from dlm.io.model_dir import load_model_dir, save_model_dir
 from dlm.io.record import Family
 from dlm.io.schedule_dir import denoiser_fingerprint, save_schedule_dir
 from dlm.io.spec import build
+from dlm.samplers.ancestral import AncestralSampler
 from dlm.samplers.learned_schedule import StepSchedule
 
 SEQ = 16
@@ -206,3 +208,12 @@ def test_the_models_own_closure_is_the_paired_gain_over_the_gap_at_the_teachers_
     assert self_closure(base, shuffled, at_teacher, teacher)["closed_se"] > 0.1
     assert self_closure(base, base, at_teacher, teacher)["closure"] == 0.0
     assert self_closure(base, paired, teacher, at_teacher)["closure"] is None  # no gap: no fraction
+
+
+def test_a_row_whose_sampler_records_no_draws_is_refused(dirs, tmp_path):
+    """The path entropy comes from the recorded draws: a sampler built without them is named, not read as 0."""
+    run = RowRunner(model_dir=str(dirs["radd"]), judge=load_judge(str(dirs["judge"]), device="cpu"), length=8,
+                    num_samples=2, batch_size=2, seed=0, tmp=tmp_path, denoiser=load_model_dir(dirs["radd"]))
+    with pytest.raises(ConfigError, match="record_trajectory=True"):
+        run(AncestralSampler(num_steps=2), name="plain")
+    assert run(AncestralSampler(num_steps=2, record_trajectory=True), name="recorded").row["path_entropy"] > 0

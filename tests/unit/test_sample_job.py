@@ -236,3 +236,4 @@ def test_a_recording_sampler_writes_each_samples_nll_under_its_own_draws(model_d
         assert abs(r["sampler_nll"] - float(untempered)) > 1e-3  # the law it was drawn from, not p_theta's
     total = sum(r["sampler_nll"] for r in recs)
     assert rec_summary["sampler_nll_per_token"] == pytest.approx(total / (5 * 11))
+    assert rec_summary["generated_per_sample"] == plain["generated_per_sample"] == 11  # BOS is the prompt
